@@ -1,0 +1,25 @@
+# Quick start: `make demo` (train on the built-in data, print the WSC summary) and `make test`.
+# Each target creates .venv and installs the package into it once (again only when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots,tensorboard]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/wsca-train $(ARGS)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/callback_overhead.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun

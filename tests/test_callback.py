@@ -1,0 +1,155 @@
+"""The WSC callback on a LightningModule that is not ours: the documented interface is all it needs."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from wsca_lightning.callbacks import WeightSpaceCorrelation
+from wsca_lightning.interface import HeadWeights
+
+
+class TupleBatchModule(L.LightningModule):
+    """A toy model with (x, y) tuple batches, a BatchNorm (eval mode matters) and three heads.
+
+    ``mirror`` is tied to the primary head with the opposite sign and ``copy`` is the primary head itself, so their
+    WSC are exactly -1 / +1 whatever the projection.
+    """
+
+    def __init__(self, lr: float = 0.0):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(12, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.primary = nn.Linear(16, 3)
+        self.other = nn.Linear(16, 2)
+        self.lr = lr
+        self.embed_modes: list[bool] = []
+
+    wsc_primary_task = "label"
+
+    def wsc_embed(self, batch):
+        x, _ = batch
+        self.embed_modes.append(self.training)
+        return self.encoder(x)
+
+    def wsc_head_weights(self):
+        w = self.primary.weight
+        return {
+            "label": HeadWeights(w.detach(), ("a", "b", "c")),
+            "copy": HeadWeights(w.detach() * 2.0, ("c0", "c1", "c2")),
+            "mirror": HeadWeights(-w.detach(), ("m0", "m1", "m2")),
+            "other": HeadWeights(self.other.weight.detach(), ("o0", "o1")),
+        }
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        z = self.encoder(x)
+        loss = nn.functional.cross_entropy(self.primary(z), y) + self.other(z).pow(2).mean()
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def dataset(n: int = 200) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 12, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+
+def fit(tmp_path, callback, epochs=2, lr=0.0, module=None):
+    module = module or TupleBatchModule(lr=lr)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=CSVLogger(tmp_path, name="csv", version=""),
+                        callbacks=[callback], enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(dataset(), batch_size=50, shuffle=True))
+    return module, trainer
+
+
+def test_callback_logs_writes_files_and_summary_for_any_module(tmp_path):
+    callback = WeightSpaceCorrelation(subset_size=120, k_min=4, batch_size=40)
+    module, trainer = fit(tmp_path, callback, epochs=2, lr=0.05)
+
+    assert trainer.callback_metrics["wsc/copy/max_abs"].item() == pytest.approx(1.0, abs=1e-6)
+    assert trainer.callback_metrics["wsc/mirror/max_abs"].item() == pytest.approx(1.0, abs=1e-6)
+    assert 0 < trainer.callback_metrics["wsc/other/max_abs"].item() < 1
+
+    # embeddings come from eval mode and the training mode is restored afterwards
+    assert module.embed_modes and not any(module.embed_modes)
+    assert module.training
+
+    summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
+    assert summary["primary"] == "label" and summary["epoch"] == 1 and summary["protocol"] is None
+    mirror = np.array(summary["tasks"]["mirror"]["matrix"])
+    assert np.allclose(np.diag(mirror), -1.0)  # same rows, opposite sign
+    assert summary["tasks"]["copy"]["rows"] == ["a", "b", "c"]
+    assert summary["tasks"]["other"]["cols"] == ["o0", "o1"]
+    assert summary["n_embeddings"] == 120 and summary["embedding_dim"] == 16
+    assert summary["k"] >= 4
+    assert [h["epoch"] for h in summary["history"]] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "wsc").glob("*.npz")) == ["epoch_0000.npz", "epoch_0001.npz"]
+
+
+def test_tasks_argument_selects_heads_and_unknown_names_fail_at_setup(tmp_path):
+    callback = WeightSpaceCorrelation(tasks=["other"], subset_size=100, k_min=4)
+    _, trainer = fit(tmp_path, callback, epochs=1)
+    assert "wsc/other/max_abs" in trainer.callback_metrics
+    assert "wsc/copy/max_abs" not in trainer.callback_metrics
+
+    with pytest.raises(ValueError, match=r"unknown metadata head\(s\) \['scannr'\]"):
+        fit(tmp_path / "bad", WeightSpaceCorrelation(tasks=["scannr"], k_min=4), epochs=1)
+    with pytest.raises(ValueError, match="'label' is the primary head"):
+        fit(tmp_path / "bad2", WeightSpaceCorrelation(tasks=["label"], k_min=4), epochs=1)
+
+
+def test_a_module_without_the_interface_is_refused_with_a_pointer_to_it(tmp_path):
+    class Plain(TupleBatchModule):
+        wsc_head_weights = None
+
+    with pytest.raises(TypeError, match="wsca_lightning.interface"):
+        WeightSpaceCorrelation(k_min=4).check_module(Plain())
+
+
+def test_every_n_epochs_skips_epochs_but_always_computes_the_last(tmp_path):
+    callback = WeightSpaceCorrelation(subset_size=60, k_min=4, every_n_epochs=2)
+    fit(tmp_path, callback, epochs=3)
+    assert [h["epoch"] for h in callback.history] == [1, 2]
+
+
+def test_subset_is_fixed_seeded_and_sorted():
+    a = WeightSpaceCorrelation(subset_size=10, seed=3)
+    assert a.subset_indices(100) == WeightSpaceCorrelation(subset_size=10, seed=3).subset_indices(100)
+    assert a.subset_indices(100) != WeightSpaceCorrelation(subset_size=10, seed=4).subset_indices(100)
+    assert a.subset_indices(100) == sorted(set(a.subset_indices(100)))
+    assert a.subset_indices(6) == [0, 1, 2, 3, 4, 5]
+
+
+def test_state_is_plain_python_and_round_trips(tmp_path):
+    callback = WeightSpaceCorrelation(subset_size=60, k_min=4)
+    fit(tmp_path, callback, epochs=1)
+    state = callback.state_dict()
+    json.dumps(state)  # plain Python only
+    restored = WeightSpaceCorrelation(subset_size=60, k_min=4)
+    restored.load_state_dict(json.loads(json.dumps(state)))
+    assert restored.history == callback.history
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k_min": 0}, "k_min: must be an integer >= 1"),
+        ({"var_threshold": 1.5}, "var_threshold: must be in (0, 1]"),
+        ({"subset_size": 1}, "subset_size: must be an integer >= 2"),
+        ({"tasks": "scanner"}, "tasks: a list of head names"),
+    ],
+)
+def test_invalid_arguments_name_the_argument(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        WeightSpaceCorrelation(**kwargs)
+    assert message in str(err.value)

@@ -1,0 +1,149 @@
+"""End-to-end tests of the training app: the real module, callback and built-in data, composed through Hydra."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsca_lightning.cli.train import ConfigError, train
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def epochs_with(rows: list[dict[str, str]], key: str) -> list[int]:
+    return [int(r["epoch"]) for r in rows if r.get(key, "") != ""]
+
+
+@pytest.mark.slow
+def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_config("trainer.max_epochs=3"))
+
+    rows = read_metrics(run)
+    tasks = ["scanner", "hospital", "spacing", "cervical_length"]
+    for task in tasks:
+        # exactly one value per epoch, in the same row as that epoch's training loss
+        assert epochs_with(rows, f"wsc/{task}/max_abs") == [0, 1, 2]
+        for row in rows:
+            if row.get(f"wsc/{task}/max_abs"):
+                assert row["train/loss"] != ""
+                assert 0.0 <= float(row[f"wsc/{task}/max_abs"]) <= 1.0
+                assert float(row[f"wsc/{task}/mean_abs"]) <= float(row[f"wsc/{task}/max_abs"])
+    assert epochs_with(rows, "wsc/k") == [0, 1, 2]
+    # k = min(d, N - 1, max(50, k_99%)) with d = 128 (SonoNet16 pooled) and N = 64 embeddings
+    assert all(50 <= float(r["wsc/k"]) <= 63 for r in rows if r.get("wsc/k"))
+    assert epochs_with(rows, "val/risk/auroc") == [0, 1, 2]
+
+    wsc_dir = run / "wsc"
+    assert sorted(p.name for p in wsc_dir.glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(3)]
+    with np.load(wsc_dir / "epoch_0002.npz") as npz:
+        assert npz["scanner"].shape == (3, 3)  # 3 risk classes x 3 scanners
+        assert npz["spacing"].shape == (3, 4)  # 4 spacing bins
+        assert list(npz["scanner__rows"]) == ["short", "intermediate", "normal"]
+
+    summary = json.loads((wsc_dir / "wsc_summary.json").read_text())
+    assert summary["primary"] == "risk"
+    assert summary["epoch"] == 2
+    assert summary["protocol"] == "multitask"
+    assert set(summary["tasks"]) == set(tasks)
+    scanner = summary["tasks"]["scanner"]
+    assert scanner["rows"] == ["short", "intermediate", "normal"]
+    assert scanner["cols"] == ["scanner_A", "scanner_B", "scanner_C"]
+    matrix = np.array(scanner["matrix"])
+    assert matrix.shape == (3, 3)
+    assert math.isclose(scanner["max_abs"], np.abs(matrix).max(), rel_tol=1e-9)
+    assert math.isclose(scanner["mean_abs"], np.abs(matrix).mean(), rel_tol=1e-9)
+    # the logged scalar of the last epoch is the summary's value
+    last = [r for r in rows if r.get("wsc/scanner/max_abs")][-1]
+    assert math.isclose(float(last["wsc/scanner/max_abs"]), scanner["max_abs"], rel_tol=1e-5)
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
+    assert result["summary_path"] == str(wsc_dir / "wsc_summary.json")
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_continues_history_without_gaps_or_duplicates(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config("trainer.max_epochs=2"))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    # checkpoints hold only plain Python: they load with weights_only=True
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    (wsc_state,) = [v for k, v in state["callbacks"].items() if k.startswith("WeightSpaceCorrelation")]
+    assert [h["epoch"] for h in wsc_state["history"]] == [0, 1]
+
+    result = train(tiny_config("trainer.max_epochs=4", "ckpt_path=last"))
+    summary = result["summary"]
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
+    # the resumed epochs' values are new, the first two are those of the original run
+    on_disk = json.loads((run / "wsc" / "wsc_summary.json").read_text())
+    assert on_disk["history"][:2] == [
+        {"epoch": h["epoch"], "k": h["k"], "seconds": h["seconds"],
+         "tasks": {n: {"max_abs": t["max_abs"], "mean_abs": t["mean_abs"]} for n, t in h["tasks"].items()}}
+        for h in wsc_state["history"]
+    ]
+    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
+
+
+@pytest.mark.slow
+def test_sa_sononet_trains_on_eight_channel_builtin_data(tiny_config, tmp_path):
+    result = train(tiny_config("model=sa_sononet32", "trainer.max_epochs=1", "data.image_size=[32,48]"))
+    summary = result["summary"]
+    # primary head = fixed pooling of the 3 adaptation maps (one per risk class), embedding = 3 x 2 x 3 maps
+    assert summary["embedding_dim"] == 3 * 2 * 3
+    assert summary["tasks"]["scanner"]["rows"] == ["short", "intermediate", "normal"]
+    assert summary["k"] <= summary["embedding_dim"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.loss_weights={scannr: 2.0}", "model.loss_weights.scannr: unknown head"),
+        ("callbacks.wsc.tasks=[scannr]", "callbacks.wsc.tasks: unknown metadata head(s) ['scannr']"),
+        ("+data.metadata.site={type: categorical}", "data.metadata.site: a metadata head needs a 'column'"),
+        ("data.metadata.scanner.column=scaner", "data.metadata.scanner.column"),
+        ("callbacks.wsc.k_min=0", "callbacks.wsc.k_min: must be an integer >= 1"),
+        ("data.image_size=[60,80]", "data.image_size"),
+        ("+data.num_trian=10", "data.num_trian: unknown key"),
+    ],
+)
+def test_bad_configuration_fails_before_training_naming_the_key(tiny_config, tmp_path, override, expected):
+    with pytest.raises(ConfigError) as err:
+        train(tiny_config(override))
+    assert expected in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+@pytest.mark.slow
+def test_console_script_runs_from_any_directory_with_packaged_configs(tmp_path):
+    """`wsca-train` finds its configs without the repository as working directory, and prints the summary."""
+    script = Path(sys.executable).with_name("wsca-train")
+    if not script.exists():
+        pytest.fail(f"{script} missing: install the package (pip install -e .) before running the tests")
+    run = tmp_path / "cli_run"
+    proc = subprocess.run(
+        [str(script), f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", "trainer.max_epochs=1",
+         "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in proc.stdout
+    assert "scanner" in proc.stdout
+    assert (run / "wsc" / "wsc_summary.json").exists()
+    assert (run / ".hydra" / "config.yaml").exists()
+
+    bad = subprocess.run([str(script), f"hydra.run.dir={tmp_path / 'bad'}", "callbacks.wsc.k_min=0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2
+    assert "callbacks.wsc.k_min: must be an integer >= 1" in bad.stderr

@@ -1,0 +1,400 @@
+"""LightningDataModule for the built-in synthetic cervix ultrasound data (see :mod:`wsca_lightning.data.synthetic`).
+
+The datamodule turns a small config (a primary ``target`` and a mapping of ``metadata`` heads) into task specs and
+per-sample labels:
+
+* categorical columns keep their codes (``-1`` when missing);
+* ``binary`` is allowed for a categorical column with exactly 2 classes (e.g. ``scanner`` when ``num_scanners=2``);
+* continuous columns are binned with :func:`~wsca_lightning.wsc.binning.fit_bin_edges` fitted on the *training*
+  split only and applied to both splits with :func:`~wsca_lightning.wsc.binning.digitize` (values outside the
+  training range fall into the first/last bin, NaN becomes ``-1``).
+
+All options are validated in ``__init__``, before anything is rendered, and every problem is reported at once in
+one ``ValueError`` (one line per problem, prefixed with its key path in the data config).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from wsca_lightning.data.synthetic import (
+    RISK_CLASSES,
+    SYNTHETIC_COLUMNS,
+    SyntheticUltrasoundDataset,
+    check_synthetic_options,
+)
+from wsca_lightning.tasks import TASK_KINDS, TaskSpec
+from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
+
+__all__ = ["DEFAULT_METADATA", "DEFAULT_TARGET", "SyntheticUltrasoundDataModule", "validate_task_config"]
+
+DEFAULT_TARGET: dict[str, Any] = {"column": "risk", "type": "categorical"}
+DEFAULT_METADATA: dict[str, dict[str, Any]] = {
+    "scanner": {"column": "scanner", "type": "categorical"},
+    "hospital": {"column": "hospital", "type": "categorical"},
+    "spacing": {"column": "pixel_spacing", "type": "continuous", "bins": 4, "binning": "equal_width"},
+    "cervical_length": {"column": "cervical_length", "type": "continuous", "bins": 4, "binning": "equal_width"},
+}
+_HEAD_KEYS: tuple[str, ...] = ("column", "type", "bins", "binning")
+_TARGET_KEYS: tuple[str, ...] = (*_HEAD_KEYS, "name")
+_DEFAULT_BINS = 4
+_DEFAULT_BINNING = "equal_width"
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy into plain Python containers (accepts omegaconf DictConfig/ListConfig without importing it)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return copy.copy(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_name(name: object) -> bool:
+    return not isinstance(name, str) or not name or "/" in name or "." in name
+
+
+def _check_head(
+    path: str, head: Any, class_counts: Mapping[str, int | None], valid_keys: tuple[str, ...]
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Validate one head config; returns (errors, normalised head with defaults filled, or None if unusable)."""
+    if not isinstance(head, Mapping):
+        return [f"{path}: must be a mapping with keys {', '.join(valid_keys)}, got {head!r}"], None
+    errors: list[str] = []
+    for key in head:
+        if key not in valid_keys:
+            errors.append(f"{path}.{key}: unknown key; valid keys: {', '.join(valid_keys)}")
+    column = head.get("column")
+    kind = head.get("type")
+    bins = head.get("bins")
+    binning = head.get("binning")
+    column_kind: str | None = None
+    if column is None:
+        errors.append(f"{path}: a {'target' if path == 'target' else 'metadata head'} needs a 'column'")
+    elif not isinstance(column, str) or column not in SYNTHETIC_COLUMNS:
+        errors.append(
+            f"{path}.column: {column!r} is not a column of the built-in dataset; "
+            f"available: {', '.join(SYNTHETIC_COLUMNS)}"
+        )
+    else:
+        column_kind = SYNTHETIC_COLUMNS[column]
+    if kind is None:
+        kind = column_kind  # the column's own kind is the only sensible default
+    elif kind not in TASK_KINDS:
+        errors.append(f"{path}.type: must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
+        kind = None
+    if kind is not None and column_kind is not None:
+        if kind == "continuous" and column_kind != "continuous":
+            errors.append(f"{path}.type: column {column!r} is {column_kind}, not continuous")
+        elif kind == "categorical" and column_kind != "categorical":
+            errors.append(
+                f"{path}.type: column {column!r} is {column_kind}, not categorical (declare it continuous with bins)"
+            )
+        elif kind == "binary":
+            count = class_counts.get(column)
+            if column_kind != "categorical":
+                errors.append(
+                    f"{path}.type: column {column!r} is {column_kind}; binary needs a categorical column with "
+                    "exactly 2 classes"
+                )
+            elif count is not None and count != 2:
+                errors.append(f"{path}.type: binary needs a column with exactly 2 classes; {column!r} has {count}")
+    if kind == "continuous":
+        bins = _DEFAULT_BINS if bins is None else bins
+        binning = _DEFAULT_BINNING if binning is None else binning
+        if not _is_int(bins) or bins < 2:
+            errors.append(f"{path}.bins: continuous heads need bins >= 2, got {bins!r}")
+        if binning not in BINNING_METHODS:
+            errors.append(f"{path}.binning: must be one of {', '.join(BINNING_METHODS)}, got {binning!r}")
+    elif kind is not None:
+        for key, value in (("bins", bins), ("binning", binning)):
+            if value is not None:
+                errors.append(f"{path}.{key}: only continuous heads are binned; remove it from this {kind} head")
+    if errors:
+        return errors, None
+    out: dict[str, Any] = {"column": column, "type": kind}
+    if kind == "continuous":
+        out.update(bins=bins, binning=binning)
+    return errors, out
+
+
+def validate_task_config(
+    target: Mapping | None, metadata: Mapping[str, Mapping] | None, class_counts: Mapping[str, int | None]
+) -> tuple[list[str], dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """Check the target and metadata heads against the synthetic columns.
+
+    Returns ``(errors, target, metadata)`` with defaults filled in and everything converted to plain Python; the
+    target gains its task ``name``. ``class_counts`` maps categorical columns to their number of classes (None when
+    unknown because the option defining it is itself invalid).
+    """
+    errors: list[str] = []
+    target = copy.deepcopy(DEFAULT_TARGET) if target is None else _plain(target)
+    metadata = copy.deepcopy(DEFAULT_METADATA) if metadata is None else _plain(metadata)
+
+    target_errors, target_head = _check_head("target", target, class_counts, _TARGET_KEYS)
+    errors += target_errors
+    primary_name: str | None = None
+    if isinstance(target, Mapping):
+        primary_name = target.get("name", target.get("column"))
+        if "name" in target and _bad_name(primary_name):
+            errors.append(f"target.name: must be a non-empty string without '/' or '.', got {primary_name!r}")
+            primary_name = None
+    if target_head is not None and primary_name is not None:
+        target_head["name"] = primary_name
+
+    heads: dict[str, dict[str, Any]] = {}
+    if not isinstance(metadata, Mapping):
+        errors.append(f"metadata: must be a mapping of head name -> head config, got {metadata!r}")
+        metadata = {}
+    for name, head in metadata.items():
+        path = f"metadata.{name}"
+        if _bad_name(name):
+            errors.append(f"{path}: head name {name!r} must be a non-empty string without '/' or '.'")
+            continue
+        if name == primary_name:
+            errors.append(f"{path}: head name {name!r} is already the primary task's name")
+        head_errors, checked = _check_head(path, head, class_counts, _HEAD_KEYS)
+        errors += head_errors
+        if isinstance(head, Mapping) and target_head is not None and head.get("column") == target_head["column"]:
+            errors.append(
+                f"{path}.column: {head.get('column')!r} is the primary target's column; a metadata head must use "
+                "another column"
+            )
+        if checked is not None:
+            heads[name] = checked
+    return errors, target_head, heads
+
+
+class SyntheticUltrasoundDataModule(L.LightningDataModule):
+    """Train/val splits of the synthetic cervix data with a primary head and metadata heads.
+
+    Args:
+        num_train, num_val: samples per split.
+        image_size: (H, W), multiples of 16.
+        in_channels: 1 (image) or 8 (SA-SonoNet: image, 5 segmentation maps, spacing x and y planes).
+        shortcut_strength: scanner-label association in the training split (0 independent, 1 deterministic).
+        num_scanners, num_hospitals, missing_fraction, normalization, seed: see
+            :class:`~wsca_lightning.data.synthetic.SyntheticUltrasoundDataset`.
+        target: the primary head, ``{"column", "type", ["bins", "binning"], ["name"]}``; default ``risk``.
+        metadata: ``{head name: {"column", "type", ["bins", "binning"]}}``; default :data:`DEFAULT_METADATA`;
+            ``{}`` for the primary head only.
+        batch_size, num_workers: DataLoader options.
+
+    After ``__init__``: :attr:`input_shape`, :attr:`primary_task`. After :meth:`setup`: :attr:`task_specs`,
+    :attr:`train_dataset`, :attr:`val_dataset` (each item's ``targets`` has one label per task).
+    """
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 500,
+        image_size: Sequence[int] = (64, 80),
+        in_channels: int = 1,
+        shortcut_strength: float = 0.0,
+        num_scanners: int = 3,
+        num_hospitals: int = 4,
+        missing_fraction: float = 0.0,
+        normalization: str = "sononet",
+        target: Mapping | None = None,
+        metadata: Mapping[str, Mapping] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        image_size = _plain(image_size)
+        if isinstance(image_size, list):
+            image_size = tuple(image_size)
+        errors = check_synthetic_options(
+            image_size=image_size,
+            in_channels=in_channels,
+            shortcut_strength=shortcut_strength,
+            num_scanners=num_scanners,
+            num_hospitals=num_hospitals,
+            missing_fraction=missing_fraction,
+            normalization=normalization,
+        )
+        for key, value, minimum in (
+            ("num_train", num_train, 1),
+            ("num_val", num_val, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+        ):
+            if not _is_int(value) or value < minimum:
+                errors.append(f"{key}: must be an integer >= {minimum}, got {value!r}")
+        class_counts: dict[str, int | None] = {
+            "risk": len(RISK_CLASSES),
+            "scanner": num_scanners if not any(e.startswith("num_scanners:") for e in errors) else None,
+            "hospital": num_hospitals if not any(e.startswith("num_hospitals:") for e in errors) else None,
+        }
+        task_errors, target_head, heads = validate_task_config(target, metadata, class_counts)
+        errors += task_errors
+        if errors:
+            raise ValueError(
+                "invalid synthetic data config (" + f"{len(errors)} problem{'s' * (len(errors) > 1)}):\n  "
+                + "\n  ".join(errors)
+            )
+        assert target_head is not None
+
+        self.num_train = num_train
+        self.num_val = num_val
+        self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
+        self.in_channels = in_channels
+        self.shortcut_strength = float(shortcut_strength)
+        self.num_scanners = num_scanners
+        self.num_hospitals = num_hospitals
+        self.missing_fraction = float(missing_fraction)
+        self.normalization = normalization
+        self.target: dict[str, Any] = target_head
+        self.metadata: dict[str, dict[str, Any]] = heads
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        # Plain Python only: checkpoints load with weights_only=True.
+        self.save_hyperparameters(
+            {
+                "num_train": num_train,
+                "num_val": num_val,
+                "image_size": list(self.image_size),
+                "in_channels": in_channels,
+                "shortcut_strength": self.shortcut_strength,
+                "num_scanners": num_scanners,
+                "num_hospitals": num_hospitals,
+                "missing_fraction": self.missing_fraction,
+                "normalization": normalization,
+                "target": copy.deepcopy(target_head),
+                "metadata": copy.deepcopy(heads),
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "seed": seed,
+            }
+        )
+
+        self.input_shape: tuple[int, int, int] = (in_channels, *self.image_size)
+        self.primary_task: str = target_head["name"]
+        self.train_dataset: SyntheticUltrasoundDataset | None = None
+        self.val_dataset: SyntheticUltrasoundDataset | None = None
+        self._task_specs: list[TaskSpec] | None = None
+        self._loaded_specs: list[dict[str, Any]] | None = None
+
+    # ----------------------------------------------------------------------------------------------------------------
+
+    @property
+    def task_specs(self) -> list[TaskSpec]:
+        """Primary spec first, then metadata specs in config order (available after :meth:`setup`)."""
+        if self._task_specs is None:
+            raise RuntimeError("task_specs are available after setup() (continuous bins are fitted on the data)")
+        return list(self._task_specs)
+
+    def _heads(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(self.primary_task, self.target), *self.metadata.items()]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return  # idempotent: render once per process
+        common = dict(
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            shortcut_strength=self.shortcut_strength,
+            num_scanners=self.num_scanners,
+            num_hospitals=self.num_hospitals,
+            missing_fraction=self.missing_fraction,
+            normalization=self.normalization,
+            seed=self.seed,
+        )
+        train = SyntheticUltrasoundDataset("train", self.num_train, **common)
+        val = SyntheticUltrasoundDataset("val", self.num_val, **common)
+
+        specs: list[TaskSpec] = []
+        train_targets: dict[str, Tensor] = {}
+        val_targets: dict[str, Tensor] = {}
+        for name, head in self._heads():
+            column = head["column"]
+            if head["type"] == "continuous":
+                try:
+                    edges = fit_bin_edges(train.columns[column], head["bins"], head["binning"])
+                except ValueError as err:
+                    path = "target" if name == self.primary_task else f"metadata.{name}"
+                    raise ValueError(f"{path}: cannot bin column {column!r} on the training split: {err}") from err
+                spec = TaskSpec(name, "continuous", tuple(bin_names(edges)), tuple(float(e) for e in edges))
+                train_targets[name] = digitize(train.columns[column], edges)
+                val_targets[name] = digitize(val.columns[column], edges)
+            else:
+                spec = TaskSpec(name, head["type"], tuple(train.column_classes(column)))
+                train_targets[name] = train.columns[column].to(torch.int64)
+                val_targets[name] = val.columns[column].to(torch.int64)
+            specs.append(spec)
+        train.set_targets(train_targets)
+        val.set_targets(val_targets)
+
+        self.train_dataset, self.val_dataset, self._task_specs = train, val, specs
+        if self._loaded_specs is not None:
+            self._check_loaded_specs()
+
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before train_dataloader()")
+        # A fresh seeded generator: the shuffle order is reproducible and still differs between epochs.
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train_dataset, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            raise RuntimeError("call setup() before val_dataloader()")
+        return self._loader(self.val_dataset, shuffle=False, generator=None)
+
+    def _loader(
+        self, dataset: SyntheticUltrasoundDataset, *, shuffle: bool, generator: torch.Generator | None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=False,
+            drop_last=False,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"task_specs": [...]}`` in plain Python (empty list before setup)."""
+        specs = self._task_specs or []
+        return {"task_specs": [spec.to_dict() for spec in specs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Record a checkpoint's task specs and check that this config re-derives the same ones.
+
+        Regeneration from the same seed and options reproduces them exactly; a mismatch means the checkpoint was
+        trained with different labels (other seed, bins or columns), which would silently relabel its heads.
+        """
+        self._loaded_specs = [dict(s) for s in state_dict.get("task_specs", [])]
+        if self._task_specs is not None:
+            self._check_loaded_specs()
+
+    def _check_loaded_specs(self) -> None:
+        assert self._loaded_specs is not None and self._task_specs is not None
+        if not self._loaded_specs:
+            return
+        current = [spec.to_dict() for spec in self._task_specs]
+        if current != self._loaded_specs:
+            raise ValueError(
+                "the checkpoint's task specs differ from the ones this data config derives; resume with the data "
+                f"config the checkpoint was trained with.\n  checkpoint: {self._loaded_specs}\n  current: {current}"
+            )

@@ -1,0 +1,44 @@
+"""Epoch-level classification metrics that average only over the classes present in the epoch's targets.
+
+torchmetrics' macro averages count a class that is absent from the targets as a 0 (accuracy counts it when it was
+predicted; AUROC always). With rare metadata bins that biases a head's score downwards, so here, as in
+scikit-learn's ``balanced_accuracy_score``, absent classes are left out of the mean. Both metrics accumulate the
+whole epoch (AUROC keeps all scores: exact, not binned) and honour ``ignore_index`` for missing labels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
+from torchmetrics.utilities.data import dim_zero_cat
+
+
+class BalancedAccuracy(MulticlassStatScores):
+    """Mean per-class recall over the classes that occur in the targets."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        super().__init__(num_classes=num_classes, average=None, ignore_index=ignore_index)
+
+    def compute(self) -> Tensor:
+        tp, _, _, fn = self._final_state()
+        support = tp + fn
+        present = support > 0
+        if not bool(present.any()):
+            return torch.tensor(float("nan"), device=tp.device)
+        return (tp[present].float() / support[present]).mean()
+
+
+class MacroAUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC over the classes that have both positives and negatives in the targets."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        super().__init__(num_classes=num_classes, average=None, thresholds=None, ignore_index=ignore_index)
+
+    def compute(self) -> Tensor:
+        target = dim_zero_cat(self.target)  # ignored labels were already dropped in update()
+        counts = torch.bincount(target.long(), minlength=self.num_classes)
+        defined = (counts > 0) & (counts < target.numel())
+        if not bool(defined.any()):
+            return torch.tensor(float("nan"), device=target.device)
+        return super().compute()[defined].mean()

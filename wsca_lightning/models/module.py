@@ -1,0 +1,321 @@
+"""Multi-head LightningModule: a SonoNet backbone, one primary (clinical) head and metadata heads.
+
+Every head is a linear classifier on the same embedding ``z``; the WSC callback compares their weight rows
+(see :mod:`wsca_lightning.interface`). Two embedding choices (method.md §7):
+
+* ``pooled``: ``z`` is the global-average-pooled block-5 feature map (``d = C``: 128 / 256 / 512 for SonoNet16/32/64);
+  every head, the primary one included, is a trainable ``nn.Linear(d, classes)``.
+* ``adaptation_map``: ``z`` is the flattened ``K x h x w`` map of SonoNet's 1x1 adaptation head and the primary head is
+  SonoNet's own global average pooling, i.e. a fixed matrix whose row ``k`` averages map ``k`` (for a binary primary
+  task ``K = 1`` with one logit and the row is the all-ones vector of paper §3.6). Metadata heads are linear on ``z``.
+
+Head modes (method.md §4): ``multitask`` trains all heads jointly with the backbone (weighted sum of losses);
+``probe_online`` trains metadata heads on ``z.detach()`` so they never shape the backbone.
+
+Missing labels (``IGNORE_INDEX = -1``) are masked per head: the head still gets a (zero-weighted) loss term in every
+step, so it never drops out of the autograd graph (which would break DDP with ``find_unused_parameters=False``).
+
+Binary heads use two softmax logits (the paper's form) except the ``adaptation_map`` primary head, which has one
+logit trained with BCE, like SA-SonoNet. All hyperparameters are plain Python values, so checkpoints load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+
+from wsca_lightning.interface import HeadWeights
+from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
+from wsca_lightning.models.sononet import BACKBONES, build_sononet, check_input_size, load_sononet_weights
+from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
+
+EMBEDDINGS: tuple[str, ...] = ("pooled", "adaptation_map")
+HEAD_MODES: tuple[str, ...] = ("multitask", "probe_online")
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+BACKBONE_KEYS: tuple[str, ...] = ("name", "in_channels", "pretrained")
+OPTIMIZER_KEYS: tuple[str, ...] = ("name", "lr", "weight_decay", "momentum")
+DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+
+
+def to_plain(value: Any, key: str = "value") -> Any:
+    """Deep-copy ``value`` into plain dicts, lists and scalars (DictConfig included), or raise naming the key.
+
+    Checkpoints are read with ``weights_only=True``: anything else in the hyperparameters makes resume fail.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{key}: {type(value).__name__} is not a plain config value (use numbers, strings, lists, dicts)")
+
+
+def pooling_head_weight(num_maps: int, positions: int) -> Tensor:
+    """The fixed primary head of the ``adaptation_map`` embedding: row ``k`` averages map ``k`` of the flattened
+    ``num_maps x positions`` embedding (global average pooling written as a linear map)."""
+    weight = torch.zeros(num_maps, num_maps * positions)
+    for k in range(num_maps):
+        weight[k, k * positions : (k + 1) * positions] = 1.0 / positions
+    return weight
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """Per-class probabilities: softmax, or ``[1 - p, p]`` for a single-logit binary head."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return logits.softmax(dim=1)
+
+
+def masked_task_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean loss over the samples whose label is not ``IGNORE_INDEX``; exactly 0 (still in the graph) when none is."""
+    valid = target != IGNORE_INDEX
+    n_valid = valid.sum().clamp(min=1)
+    if logits.shape[1] == 1:
+        per_sample = F.binary_cross_entropy_with_logits(
+            logits[:, 0], target.clamp(min=0).to(logits.dtype), reduction="none"
+        )
+        return (per_sample * valid).sum() / n_valid
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") / n_valid
+
+
+class MultiHeadModule(L.LightningModule):
+    """SonoNet backbone + one primary head + metadata heads, trained with per-head masked losses.
+
+    Args:
+        backbone: ``{"name": "sononet16"|"sononet32"|"sononet64", "in_channels": int, "pretrained": path|None}``;
+            ``pretrained`` is a state dict in the public SonoNet layout (features only are loaded).
+        tasks: task specs as dicts (:meth:`TaskSpec.to_dict`), usually ``datamodule.task_specs``.
+        input_shape: ``(C, H, W)`` of the input images; ``H`` and ``W`` must be multiples of 16.
+        primary: name of the primary task (default: the first task).
+        embedding: ``pooled`` or ``adaptation_map`` (module docstring).
+        head_mode: ``multitask`` or ``probe_online`` (module docstring).
+        loss_weights: per-task loss weight (default 1.0 for every head).
+        optimizer: ``{"name": "adamw"|"adam"|"sgd", "lr": float, "weight_decay": float, "momentum": float (sgd)}``.
+
+    Logged per task and stage (``train``/``val``), per epoch: ``<stage>/<task>/loss``, ``<stage>/<task>/auroc``
+    (macro one-vs-rest over the whole epoch) and ``<stage>/<task>/balanced_accuracy``, both averaged over the
+    classes present in the epoch (:mod:`wsca_lightning.metrics`); plus ``<stage>/loss`` (the
+    weighted sum that is optimised).
+    """
+
+    def __init__(
+        self,
+        backbone: Mapping[str, Any],
+        tasks: Sequence[Mapping[str, Any]],
+        input_shape: Sequence[int],
+        primary: str | None = None,
+        embedding: str = "pooled",
+        head_mode: str = "multitask",
+        loss_weights: Mapping[str, float] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        backbone = to_plain(backbone, "backbone")
+        tasks = to_plain(tasks, "tasks")
+        input_shape = [int(s) for s in to_plain(input_shape, "input_shape")]
+        loss_weights = to_plain(loss_weights or {}, "loss_weights")
+        optimizer = to_plain(optimizer if optimizer is not None else DEFAULT_OPTIMIZER, "optimizer")
+        specs = [TaskSpec.from_dict(t) for t in tasks]
+        names = [s.name for s in specs]
+        primary = names[0] if primary is None and names else primary
+        self._validate(backbone, specs, input_shape, primary, embedding, head_mode, loss_weights, optimizer)
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "tasks": tasks,
+                "input_shape": input_shape,
+                "primary": primary,
+                "embedding": embedding,
+                "head_mode": head_mode,
+                "loss_weights": loss_weights,
+                "optimizer": optimizer,
+            }
+        )
+        self.task_specs: list[TaskSpec] = specs
+        self.primary_task: str = str(primary)
+        self.loss_weights: dict[str, float] = {n: float(loss_weights.get(n, 1.0)) for n in names}
+        primary_spec = specs[names.index(self.primary_task)]
+
+        channels, height, width = input_shape
+        map_h, map_w = height // 16, width // 16
+        self._fixed_primary = embedding == "adaptation_map"
+        # a binary primary task gets SA-SonoNet's single map / single logit; otherwise one map per class
+        num_maps = (1 if primary_spec.kind == "binary" else primary_spec.num_classes) if self._fixed_primary else None
+        self.backbone = build_sononet(backbone["name"], in_channels=channels, adaptation_channels=num_maps)
+        if backbone.get("pretrained"):
+            load_sononet_weights(self.backbone, backbone["pretrained"], include_adaptation=False)
+        self.embedding_dim = self.backbone.out_channels if not self._fixed_primary else num_maps * map_h * map_w
+
+        self.heads = nn.ModuleDict(
+            {s.name: nn.Linear(self.embedding_dim, s.num_classes) for s in specs if not self._is_fixed(s.name)}
+        )
+        if self._fixed_primary:
+            self.register_buffer("primary_pooling", pooling_head_weight(num_maps, map_h * map_w), persistent=False)
+
+        def metrics(stage: str) -> nn.ModuleDict:
+            return nn.ModuleDict(
+                {
+                    s.name: MetricCollection(
+                        {
+                            "auroc": MacroAUROC(s.num_classes, ignore_index=IGNORE_INDEX),
+                            "balanced_accuracy": BalancedAccuracy(s.num_classes, ignore_index=IGNORE_INDEX),
+                        },
+                        prefix=f"{stage}/{s.name}/",
+                    )
+                    for s in specs
+                }
+            )
+
+        self.train_metrics = metrics("train")
+        self.val_metrics = metrics("val")
+
+    @staticmethod
+    def _validate(
+        backbone: dict,
+        specs: list[TaskSpec],
+        input_shape: list[int],
+        primary: str | None,
+        embedding: str,
+        head_mode: str,
+        loss_weights: dict,
+        optimizer: dict,
+    ) -> None:
+        """Collect every configuration problem and raise them together, each naming its key."""
+        problems: list[str] = []
+        names = [s.name for s in specs]
+        for key in backbone:
+            if key not in BACKBONE_KEYS:
+                problems.append(f"backbone.{key}: unknown key; valid keys: {', '.join(BACKBONE_KEYS)}")
+        if backbone.get("name") not in BACKBONES:
+            problems.append(f"backbone.name: {backbone.get('name')!r} is not one of {', '.join(BACKBONES)}")
+        if len(input_shape) != 3:
+            problems.append(f"input_shape: expected (channels, height, width), got {input_shape}")
+        else:
+            if "in_channels" in backbone and int(backbone["in_channels"]) != input_shape[0]:
+                problems.append(
+                    f"backbone.in_channels: {backbone['in_channels']} but the data gives {input_shape[0]}-channel "
+                    "inputs; make them agree (model=sa_sononet32 expects 8: image + 5 segmentation maps + 2 spacing)"
+                )
+            try:
+                check_input_size(input_shape[1], input_shape[2])
+            except ValueError as err:
+                problems.append(f"input_shape: {err}")
+        if not specs:
+            problems.append("tasks: at least the primary task is needed")
+        if len(set(names)) != len(names):
+            problems.append(f"tasks: duplicate task names in {names}")
+        reserved = [n for n in names if hasattr(nn.ModuleDict(), n)]
+        if reserved:
+            problems.append(f"tasks: names {reserved} clash with torch.nn.ModuleDict attributes; rename those heads")
+        if names and primary not in names:
+            problems.append(f"primary: {primary!r} is not a task; tasks: {', '.join(names)}")
+        if embedding not in EMBEDDINGS:
+            problems.append(f"embedding: must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+        if head_mode not in HEAD_MODES:
+            problems.append(f"head_mode: must be one of {', '.join(HEAD_MODES)}, got {head_mode!r}")
+        for name, weight in loss_weights.items():
+            if name not in names:
+                problems.append(f"loss_weights.{name}: unknown head; heads: {', '.join(names)}")
+            elif not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+                problems.append(f"loss_weights.{name}: must be a number >= 0, got {weight!r}")
+        for key in optimizer:
+            if key not in OPTIMIZER_KEYS:
+                problems.append(f"optimizer.{key}: unknown key; valid keys: {', '.join(OPTIMIZER_KEYS)}")
+        if optimizer.get("name") not in OPTIMIZERS:
+            problems.append(f"optimizer.name: must be one of {', '.join(OPTIMIZERS)}, got {optimizer.get('name')!r}")
+        if not isinstance(optimizer.get("lr"), (int, float)) or optimizer.get("lr", 0) < 0:
+            problems.append(f"optimizer.lr: must be a number >= 0, got {optimizer.get('lr')!r}")
+        if "momentum" in optimizer and optimizer.get("name") != "sgd":
+            problems.append("optimizer.momentum: only used by name=sgd")
+        if problems:
+            raise ValueError("\n".join(problems))
+
+    def _is_fixed(self, task: str) -> bool:
+        return self._fixed_primary and task == self.primary_task
+
+    # --- forward -------------------------------------------------------------------------------------------------
+    def embed(self, images: Tensor) -> Tensor:
+        """The embedding ``z`` (``(B, d)``) every head reads."""
+        if self._fixed_primary:
+            return self.backbone.forward_adaptation(images).flatten(1)
+        return self.backbone.forward_features(images).mean(dim=(2, 3))
+
+    def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
+        """Logits of every head from the embedding (metadata heads see ``z.detach()`` in ``probe_online``)."""
+        detached = z.detach() if self.hparams.head_mode == "probe_online" else z
+        out: dict[str, Tensor] = {}
+        for spec in self.task_specs:
+            if self._is_fixed(spec.name):
+                out[spec.name] = z @ self.primary_pooling.T
+            else:
+                out[spec.name] = self.heads[spec.name](z if spec.name == self.primary_task else detached)
+        return out
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.heads_forward(self.embed(images))
+
+    # --- training ------------------------------------------------------------------------------------------------
+    def _shared_step(self, batch: Mapping[str, Any], stage: str) -> Tensor:
+        logits = self(batch["image"])
+        targets = batch["targets"]
+        metrics = self.train_metrics if stage == "train" else self.val_metrics
+        batch_size = batch["image"].shape[0]
+        total = batch["image"].new_zeros(())
+        for spec in self.task_specs:
+            target = targets[spec.name]
+            loss = masked_task_loss(logits[spec.name], target)
+            total = total + self.loss_weights[spec.name] * loss
+            metrics[spec.name].update(class_probabilities(logits[spec.name].detach()), target)
+            self.log(f"{stage}/{spec.name}/loss", loss, on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
+            self.log_dict(metrics[spec.name], on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", total, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                 sync_dist=True)
+        return total
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        config = dict(self.hparams.optimizer)
+        optimizer_cls = OPTIMIZERS[config.pop("name")]
+        return optimizer_cls(self.parameters(), **config)
+
+    # --- the WSC interface (wsca_lightning.interface.SupportsWSC) -------------------------------------------------
+    @property
+    def wsc_primary_task(self) -> str:
+        return self.primary_task
+
+    @property
+    def wsc_protocol(self) -> str:
+        return str(self.hparams.head_mode)
+
+    def wsc_embed(self, batch: Mapping[str, Any]) -> Tensor:
+        return self.embed(batch["image"])
+
+    def wsc_head_weights(self) -> dict[str, HeadWeights]:
+        heads: dict[str, HeadWeights] = {}
+        for spec in self.task_specs:
+            if self._is_fixed(spec.name):
+                weight = self.primary_pooling
+                rows = spec.class_names[1:] if weight.shape[0] == 1 else spec.class_names
+            else:
+                weight = self.heads[spec.name].weight
+                rows = spec.class_names
+            heads[spec.name] = HeadWeights(weight.detach(), tuple(rows))
+        return heads
