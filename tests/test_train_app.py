@@ -17,8 +17,8 @@ import torch
 from wsca_lightning.cli.train import ConfigError, train
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
+def read_metrics(run_dir: Path, version: int = 0) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
         return list(csv.DictReader(f))
 
 
@@ -93,6 +93,9 @@ def test_resume_from_checkpoint_continues_history_without_gaps_or_duplicates(tin
         for h in wsc_state["history"]
     ]
     assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
+    # the logger keeps the first segment's metrics and writes the resumed epochs to a new version
+    assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0, 1]
+    assert epochs_with(read_metrics(run, version=1), "wsc/scanner/max_abs") == [2, 3]
 
 
 @pytest.mark.slow
@@ -108,7 +111,7 @@ def test_sa_sononet_trains_on_eight_channel_builtin_data(tiny_config, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.loss_weights={scannr: 2.0}", "model.loss_weights.scannr: unknown head"),
+        ("+model.loss_weights.scannr=2.0", "model.loss_weights.scannr: unknown head"),
         ("callbacks.wsc.tasks=[scannr]", "callbacks.wsc.tasks: unknown metadata head(s) ['scannr']"),
         ("+data.metadata.site={type: categorical}", "data.metadata.site: a metadata head needs a 'column'"),
         ("data.metadata.scanner.column=scaner", "data.metadata.scanner.column"),
@@ -147,3 +150,27 @@ def test_console_script_runs_from_any_directory_with_packaged_configs(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "callbacks.wsc.k_min: must be an integer >= 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_tensorboard_logger_option_writes_events_next_to_the_csv(tiny_config, tmp_path):
+    train(tiny_config("logger=tensorboard", "trainer.max_epochs=1"))
+    run = tmp_path / "run"
+    assert list((run / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0]
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_own_output_directory(tmp_path):
+    script = Path(sys.executable).with_name("wsca-train")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [str(script), "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64", "data.num_val=32",
+         "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted(sweep.glob("*/wsc/wsc_summary.json"))
+    assert [p.parent.parent.name for p in summaries] == ["0", "1"]
+    configs = [(sweep / job / ".hydra" / "config.yaml").read_text() for job in ("0", "1")]
+    assert "seed: 0" in configs[0] and "seed: 1" in configs[1]

@@ -33,10 +33,22 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
             target = hydra.utils.get_class(node["_target_"])
             valid = [p for p in inspect.signature(target.__init__).parameters if p not in ("self", "args", "kwargs")]
             raise ConfigError(f"{key}.{unexpected.group(1)}: unknown key; valid keys: {', '.join(valid)}") from err
-        # our classes raise one line per problem, each starting with the key it concerns ("image_size: ...")
-        lines = str(cause).splitlines() or [str(err)]
-        raise ConfigError("\n".join(f"{key}.{line}" if line.split(" ")[0].endswith(":") else f"{key}: {line}"
-                                    for line in lines)) from err
+        raise ConfigError(_prefix_keys(str(cause) or str(err), key)) from err
+
+
+def _prefix_keys(message: str, key: str) -> str:
+    """Our classes report one problem per line, each starting with the key it concerns (``image_size: ...``);
+    prefix those keys with the config node's key; other lines get ``<key>: `` in front."""
+    lines = []
+    for line in message.splitlines():
+        stripped = line.lstrip()
+        indent = line[: len(line) - len(stripped)]
+        first = stripped.split(" ")[0]
+        if first.endswith(":") and len(first) > 1 and not stripped.endswith(":"):
+            lines.append(f"{indent}{key}.{stripped}")
+        else:
+            lines.append(f"{key}: {stripped}" if not indent else line)
+    return "\n".join(lines)
 
 
 def instantiate_group(cfg: DictConfig, key: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from wsca_lightning.data.synthetic import (
     SyntheticUltrasoundDataset,
     check_synthetic_options,
 )
+from wsca_lightning.plain import to_plain
 from wsca_lightning.tasks import TASK_KINDS, TaskSpec
 from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
 
@@ -46,15 +47,6 @@ _HEAD_KEYS: tuple[str, ...] = ("column", "type", "bins", "binning")
 _TARGET_KEYS: tuple[str, ...] = (*_HEAD_KEYS, "name")
 _DEFAULT_BINS = 4
 _DEFAULT_BINNING = "equal_width"
-
-
-def _plain(value: Any) -> Any:
-    """Deep copy into plain Python containers (accepts omegaconf DictConfig/ListConfig without importing it)."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return copy.copy(value)
 
 
 def _is_int(value: object) -> bool:
@@ -139,8 +131,8 @@ def validate_task_config(
     unknown because the option defining it is itself invalid).
     """
     errors: list[str] = []
-    target = copy.deepcopy(DEFAULT_TARGET) if target is None else _plain(target)
-    metadata = copy.deepcopy(DEFAULT_METADATA) if metadata is None else _plain(metadata)
+    target = copy.deepcopy(DEFAULT_TARGET) if target is None else to_plain(target, "target")
+    metadata = copy.deepcopy(DEFAULT_METADATA) if metadata is None else to_plain(metadata, "metadata")
 
     target_errors, target_head = _check_head("target", target, class_counts, _TARGET_KEYS)
     errors += target_errors
@@ -213,7 +205,7 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        image_size = _plain(image_size)
+        image_size = to_plain(image_size, "image_size")
         if isinstance(image_size, list):
             image_size = tuple(image_size)
         errors = check_synthetic_options(

@@ -32,6 +32,7 @@ from torchmetrics import MetricCollection
 
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
+from wsca_lightning.plain import to_plain
 from wsca_lightning.models.sononet import BACKBONES, build_sononet, check_input_size, load_sononet_weights
 from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
 
@@ -45,20 +46,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 BACKBONE_KEYS: tuple[str, ...] = ("name", "in_channels", "pretrained")
 OPTIMIZER_KEYS: tuple[str, ...] = ("name", "lr", "weight_decay", "momentum")
 DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
-
-
-def to_plain(value: Any, key: str = "value") -> Any:
-    """Deep-copy ``value`` into plain dicts, lists and scalars (DictConfig included), or raise naming the key.
-
-    Checkpoints are read with ``weights_only=True``: anything else in the hyperparameters makes resume fail.
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)) or (isinstance(value, Sequence) and not isinstance(value, (str, bytes))):
-        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"{key}: {type(value).__name__} is not a plain config value (use numbers, strings, lists, dicts)")
 
 
 def pooling_head_weight(num_maps: int, positions: int) -> Tensor:

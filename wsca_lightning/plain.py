@@ -1,0 +1,17 @@
+"""Plain Python config values: what hyperparameters may hold so checkpoints load with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def to_plain(value: Any, key: str = "value") -> Any:
+    """Deep-copy ``value`` into plain dicts, lists and scalars (omegaconf containers included, without importing
+    omegaconf), or raise ``ValueError`` naming the key of the first value that is none of these."""
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [to_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"{key}: {type(value).__name__} is not a plain config value (use numbers, strings, lists, dicts)")
