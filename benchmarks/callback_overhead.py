@@ -4,8 +4,8 @@ Measured side by side in one process run, because these machines are noisy:
 
 * ``default run``: ``wsca-train`` with its default config, as a subprocess (interpreter start-up and data
   generation included), i.e. the first quick-start command;
-* ``with`` / ``without``: the default config in-process with and without the WSC callback, interleaved
-  (with, without, with, without, ...), each epoch timed from its start to the end of all epoch-end work
+* ``with`` / ``without``: the default config in-process with and without the WSC callback, interleaved in ABBA
+  order (with, without, without, with, ...), each epoch timed from its start to the end of all epoch-end work
   (validation and the WSC callback included). The ratio of median epoch times is the callback's overhead; the
   callback also times itself, which gives its share of the ``with`` epochs directly.
 
@@ -72,7 +72,7 @@ def run_arm(with_wsc: bool, epochs: int, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved (with, without) pairs")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved pairs of runs (ABBA order)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per in-process run")
     parser.add_argument("--skip-default-run", action="store_true", help="do not time the full default wsca-train")
     args = parser.parse_args()
@@ -88,8 +88,9 @@ def main() -> None:
 
     arms: dict[str, list[float]] = {"with": [], "without": []}
     wsc_seconds: list[float] = []
-    for _ in range(args.repeats):
-        for name in ("with", "without"):
+    for repeat in range(args.repeats):
+        # ABBA order: a machine that speeds up or slows down during the benchmark biases neither arm
+        for name in (("with", "without") if repeat % 2 == 0 else ("without", "with")):
             measured = run_arm(name == "with", args.epochs, workdir)
             arms[name] += measured["epoch_seconds"]
             wsc_seconds += measured["wsc_seconds"]

@@ -96,6 +96,20 @@ def test_callback_logs_writes_files_and_summary_for_any_module(tmp_path):
     assert sorted(p.name for p in (tmp_path / "wsc").glob("*.npz")) == ["epoch_0000.npz", "epoch_0001.npz"]
 
 
+def test_a_run_that_fails_later_still_leaves_the_summary_of_its_last_computed_epoch(tmp_path):
+    class FailsInSecondEpoch(TupleBatchModule):
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 1:
+                raise RuntimeError("simulated crash")
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tmp_path, WeightSpaceCorrelation(subset_size=60, k_min=4), epochs=3, module=FailsInSecondEpoch())
+    summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
+    assert summary["epoch"] == 0 and [h["epoch"] for h in summary["history"]] == [0]
+    assert not list((tmp_path / "wsc").glob("*.partial"))
+
+
 def test_tasks_argument_selects_heads_and_unknown_names_fail_at_setup(tmp_path):
     callback = WeightSpaceCorrelation(tasks=["other"], subset_size=100, k_min=4)
     _, trainer = fit(tmp_path, callback, epochs=1)

@@ -15,3 +15,8 @@ def to_plain(value: Any, key: str = "value") -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ValueError(f"{key}: {type(value).__name__} is not a plain config value (use numbers, strings, lists, dicts)")
+
+
+def is_int(value: Any) -> bool:
+    """An integer config value (``True`` is an ``int`` to Python, not to a config)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,7 +9,7 @@ At the end of every training epoch (never in the sanity check) it
    ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);
 5. writes the epoch's matrices to ``<dirpath>/epoch_<NNNN>.npz`` (global rank zero only).
 
-At fit end it writes ``<dirpath>/wsc_summary.json`` (format in the README). The per-epoch history is plain Python
+After each computed epoch and at fit end it (re)writes ``<dirpath>/wsc_summary.json`` (format in the README). The per-epoch history is plain Python
 and is saved in checkpoints, so a resumed run continues it without gaps or duplicates -- provided checkpoints are
 taken at the end of the training epoch (``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs);
 a checkpoint taken at validation end precedes this callback's work for that epoch, and ``setup`` warns about it.
@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wsca_lightning.interface import HeadWeights, SupportsWSC
+from wsca_lightning.plain import is_int
 from wsca_lightning.wsc import WSCResult, compute_wsc
 
 SUMMARY_FILENAME = "wsc_summary.json"
@@ -100,7 +101,7 @@ class WeightSpaceCorrelation(Callback):
             problems.append(f"tasks: a list of head names or null, got {tasks!r}")
         for key, value, low in (("subset_size", subset_size, 2), ("k_min", k_min, 1), ("batch_size", batch_size, 1),
                                 ("every_n_epochs", every_n_epochs, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_int(value) or value < low:
                 problems.append(f"{key}: must be an integer >= {low}, got {value!r}")
         if not isinstance(var_threshold, (int, float)) or not 0.0 < var_threshold <= 1.0:
             problems.append(f"var_threshold: must be in (0, 1], got {var_threshold!r}")
@@ -190,6 +191,11 @@ class WeightSpaceCorrelation(Callback):
             return
         start = time.perf_counter()
         loader = trainer.train_dataloader
+        if not isinstance(loader, DataLoader):
+            raise TypeError(
+                f"WeightSpaceCorrelation embeds the dataset of a single training DataLoader; got "
+                f"{type(loader).__name__}. Use evaluate() with the dataset to analyse directly."
+            )
         result, heads, tasks = self.evaluate(
             pl_module,
             loader.dataset,
@@ -227,6 +233,8 @@ class WeightSpaceCorrelation(Callback):
         entry["seconds"] = time.perf_counter() - start
         # a resumed run re-enters at the checkpoint's epoch: entries from a rolled-back timeline are dropped
         self.history = [h for h in self.history if h["epoch"] < epoch] + [entry]
+        # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
+        self._write_summary(trainer, pl_module)
 
     def _write_matrices(self, entry: Mapping[str, Any]) -> None:
         os.makedirs(self._directory, exist_ok=True)
@@ -269,11 +277,16 @@ class WeightSpaceCorrelation(Callback):
         }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write_summary(trainer, pl_module)
+
+    def _write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.history or not trainer.is_global_zero:
             return
         os.makedirs(self._directory, exist_ok=True)
-        with open(self.summary_path, "w") as f:
+        partial = self.summary_path + ".partial"
+        with open(partial, "w") as f:
             json.dump(self.summary(pl_module.wsc_primary_task), f, indent=2)
+        os.replace(partial, self.summary_path)  # atomic: a reader never sees half a file
 
     @property
     def summary_path(self) -> str:

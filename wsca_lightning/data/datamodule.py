@@ -30,7 +30,7 @@ from wsca_lightning.data.synthetic import (
     SyntheticUltrasoundDataset,
     check_synthetic_options,
 )
-from wsca_lightning.plain import to_plain
+from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.tasks import TASK_KINDS, TaskSpec
 from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
 
@@ -47,10 +47,6 @@ _HEAD_KEYS: tuple[str, ...] = ("column", "type", "bins", "binning")
 _TARGET_KEYS: tuple[str, ...] = (*_HEAD_KEYS, "name")
 _DEFAULT_BINS = 4
 _DEFAULT_BINNING = "equal_width"
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _bad_name(name: object) -> bool:
@@ -105,7 +101,7 @@ def _check_head(
     if kind == "continuous":
         bins = _DEFAULT_BINS if bins is None else bins
         binning = _DEFAULT_BINNING if binning is None else binning
-        if not _is_int(bins) or bins < 2:
+        if not is_int(bins) or bins < 2:
             errors.append(f"{path}.bins: continuous heads need bins >= 2, got {bins!r}")
         if binning not in BINNING_METHODS:
             errors.append(f"{path}.binning: must be one of {', '.join(BINNING_METHODS)}, got {binning!r}")
@@ -224,7 +220,7 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
             ("num_workers", num_workers, 0),
             ("seed", seed, 0),
         ):
-            if not _is_int(value) or value < minimum:
+            if not is_int(value) or value < minimum:
                 errors.append(f"{key}: must be an integer >= {minimum}, got {value!r}")
         class_counts: dict[str, int | None] = {
             "risk": len(RISK_CLASSES),

@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
+from wsca_lightning.plain import is_int
 
 __all__ = [
     "CONTINUOUS_RANGES",
@@ -173,12 +174,8 @@ def hospital_names(num_hospitals: int) -> list[str]:
 
 
 def _check_range(name: str, value: object, limits: tuple[int, int]) -> None:
-    if not _is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
+    if not is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
         raise ValueError(f"{name}: must be an integer in [{limits[0]}, {limits[1]}], got {value!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:
@@ -201,12 +198,12 @@ def check_synthetic_options(
     """
     errors: list[str] = []
     size = tuple(image_size) if isinstance(image_size, Sequence) and not isinstance(image_size, str) else None
-    if size is None or len(size) != 2 or not all(_is_int(s) and s > 0 and s % 16 == 0 for s in size):
+    if size is None or len(size) != 2 or not all(is_int(s) and s > 0 and s % 16 == 0 for s in size):
         errors.append(
             f"image_size: must be (H, W) with both sides positive multiples of 16 (the backbone halves it 4 times), "
             f"got {image_size!r}"
         )
-    if not _is_int(in_channels) or in_channels not in IN_CHANNELS:
+    if not is_int(in_channels) or in_channels not in IN_CHANNELS:
         errors.append(
             f"in_channels: must be 1 (image only) or 8 (image + 5 segmentation maps + 2 spacing planes, "
             f"SA-SonoNet), got {in_channels!r}"
@@ -217,7 +214,7 @@ def check_synthetic_options(
         ("num_scanners", num_scanners, SCANNER_LIMITS),
         ("num_hospitals", num_hospitals, HOSPITAL_LIMITS),
     ):
-        if not _is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
+        if not is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
             errors.append(f"{name}: must be an integer in [{limits[0]}, {limits[1]}], got {value!r}")
     if not _is_number(missing_fraction) or not 0.0 <= missing_fraction < 1.0:  # type: ignore[operator]
         errors.append(f"missing_fraction: must be a number in [0, 1), got {missing_fraction!r}")
@@ -254,7 +251,7 @@ def sample_metadata(
     The draws happen in a fixed order and do not depend on the option values (only how they are combined does), so
     e.g. changing ``shortcut_strength`` changes only the scanner column.
     """
-    if not _is_int(n) or n < 0:
+    if not is_int(n) or n < 0:
         raise ValueError(f"n: must be a non-negative integer, got {n!r}")
     _raise_if(
         check_synthetic_options(
@@ -523,9 +520,9 @@ class SyntheticUltrasoundDataset(Dataset):
         )
         if split not in SPLITS:
             errors.append(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
-        if not _is_int(n) or n < 1:
+        if not is_int(n) or n < 1:
             errors.append(f"n: must be a positive integer, got {n!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             errors.append(f"seed: must be a non-negative integer, got {seed!r}")
         _raise_if(errors)
 
