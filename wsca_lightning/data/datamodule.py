@@ -204,15 +204,17 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         image_size = to_plain(image_size, "image_size")
         if isinstance(image_size, list):
             image_size = tuple(image_size)
-        errors = check_synthetic_options(
-            image_size=image_size,
-            in_channels=in_channels,
-            shortcut_strength=shortcut_strength,
-            num_scanners=num_scanners,
-            num_hospitals=num_hospitals,
-            missing_fraction=missing_fraction,
-            normalization=normalization,
-        )
+        # the generation options go unchanged to check_synthetic_options and to both splits' datasets
+        options: dict[str, Any] = {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "shortcut_strength": shortcut_strength,
+            "num_scanners": num_scanners,
+            "num_hospitals": num_hospitals,
+            "missing_fraction": missing_fraction,
+            "normalization": normalization,
+        }
+        errors = check_synthetic_options(**options)
         for key, value, minimum in (
             ("num_train", num_train, 1),
             ("num_val", num_val, 1),
@@ -239,12 +241,7 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         self.num_train = num_train
         self.num_val = num_val
         self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
-        self.in_channels = in_channels
-        self.shortcut_strength = float(shortcut_strength)
-        self.num_scanners = num_scanners
-        self.num_hospitals = num_hospitals
-        self.missing_fraction = float(missing_fraction)
-        self.normalization = normalization
+        self.dataset_options: dict[str, Any] = {**options, "image_size": self.image_size}
         self.target: dict[str, Any] = target_head
         self.metadata: dict[str, dict[str, Any]] = heads
         self.batch_size = batch_size
@@ -252,25 +249,22 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         self.seed = seed
         # Plain Python only: checkpoints load with weights_only=True.
         self.save_hyperparameters(
-            {
-                "num_train": num_train,
-                "num_val": num_val,
-                "image_size": list(self.image_size),
-                "in_channels": in_channels,
-                "shortcut_strength": self.shortcut_strength,
-                "num_scanners": num_scanners,
-                "num_hospitals": num_hospitals,
-                "missing_fraction": self.missing_fraction,
-                "normalization": normalization,
-                "target": copy.deepcopy(target_head),
-                "metadata": copy.deepcopy(heads),
-                "batch_size": batch_size,
-                "num_workers": num_workers,
-                "seed": seed,
-            }
+            to_plain(
+                {
+                    "num_train": num_train,
+                    "num_val": num_val,
+                    **self.dataset_options,
+                    "target": target_head,
+                    "metadata": heads,
+                    "batch_size": batch_size,
+                    "num_workers": num_workers,
+                    "seed": seed,
+                },
+                "hparams",
+            )
         )
 
-        self.input_shape: tuple[int, int, int] = (in_channels, *self.image_size)
+        self.input_shape: tuple[int, int, int] = (int(in_channels), *self.image_size)
         self.primary_task: str = target_head["name"]
         self.train_dataset: SyntheticUltrasoundDataset | None = None
         self.val_dataset: SyntheticUltrasoundDataset | None = None
@@ -292,18 +286,8 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return  # idempotent: render once per process
-        common = dict(
-            image_size=self.image_size,
-            in_channels=self.in_channels,
-            shortcut_strength=self.shortcut_strength,
-            num_scanners=self.num_scanners,
-            num_hospitals=self.num_hospitals,
-            missing_fraction=self.missing_fraction,
-            normalization=self.normalization,
-            seed=self.seed,
-        )
-        train = SyntheticUltrasoundDataset("train", self.num_train, **common)
-        val = SyntheticUltrasoundDataset("val", self.num_val, **common)
+        train = SyntheticUltrasoundDataset("train", self.num_train, **self.dataset_options, seed=self.seed)
+        val = SyntheticUltrasoundDataset("val", self.num_val, **self.dataset_options, seed=self.seed)
 
         specs: list[TaskSpec] = []
         train_targets: dict[str, Tensor] = {}
