@@ -174,3 +174,29 @@ def test_multirun_gives_each_job_its_own_output_directory(tmp_path):
     assert [p.parent.parent.name for p in summaries] == ["0", "1"]
     configs = [(sweep / job / ".hydra" / "config.yaml").read_text() for job in ("0", "1")]
     assert "seed: 0" in configs[0] and "seed: 1" in configs[1]
+
+
+@pytest.mark.slow
+def test_wheel_install_carries_the_configs_and_trains_from_any_directory(tmp_path):
+    """The configs ship inside the wheel (pyproject maps conf/ to wsca_lightning.conf): no checkout needed."""
+    repo = Path(__file__).resolve().parents[1]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(repo)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("wsca_lightning-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    code = (
+        "import sys, wsca_lightning; print('PACKAGE', wsca_lightning.__file__);"
+        "from wsca_lightning.cli.train import main; main()"
+    )
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32",
+         "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"PACKAGE {tmp_path / 'site' / 'wsca_lightning' / '__init__.py'}" in proc.stdout  # not the checkout
+    assert (run / "wsc" / "wsc_summary.json").exists()
