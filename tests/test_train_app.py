@@ -118,6 +118,8 @@ def test_sa_sononet_trains_on_eight_channel_builtin_data(tiny_config, tmp_path):
         ("callbacks.wsc.k_min=0", "callbacks.wsc.k_min: must be an integer >= 1"),
         ("data.image_size=[60,80]", "data.image_size"),
         ("+data.num_trian=10", "data.num_trian: unknown key"),
+        # only detectable once the training split exists: almost every cell blanked leaves nothing to bin
+        ("data.missing_fraction=0.999", "data.metadata.spacing: cannot bin column 'pixel_spacing'"),
     ],
 )
 def test_bad_configuration_fails_before_training_naming_the_key(tiny_config, tmp_path, override, expected):

@@ -12,7 +12,7 @@ import lightning as L
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from wsca_lightning.callbacks.wsc import SUMMARY_FILENAME, WeightSpaceCorrelation
+from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
 
 CONFIG_PATH = "pkg://wsca_lightning.conf"
 
@@ -65,7 +65,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     """
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(cfg, "data")
-    datamodule.setup("fit")  # bin edges and class names come from the training split
+    try:
+        datamodule.setup("fit")  # bin edges and class names come from the training split
+    except ValueError as err:  # e.g. a continuous column that cannot be binned on the training split
+        raise ConfigError(_prefix_keys(str(err), "data")) from err
     model = instantiate_node(
         cfg,
         "model",
