@@ -13,6 +13,8 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAUROC, MulticlassStatScores
 from torchmetrics.utilities.data import dim_zero_cat
 
+from wsca_lightning.wsc import macro_auroc
+
 
 class BalancedAccuracy(MulticlassStatScores):
     """Mean per-class recall over the classes that occur in the targets."""
@@ -30,15 +32,18 @@ class BalancedAccuracy(MulticlassStatScores):
 
 
 class MacroAUROC(MulticlassAUROC):
-    """Macro one-vs-rest AUROC over the classes that have both positives and negatives in the targets."""
+    """Macro one-vs-rest AUROC over the classes that have both positives and negatives in the targets.
+
+    torchmetrics accumulates the epoch's scores (and syncs them across processes); the statistic itself is the
+    pure core's :func:`wsca_lightning.wsc.macro_auroc`, the same code that scores the probes.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
         super().__init__(num_classes=num_classes, average=None, thresholds=None, ignore_index=ignore_index)
 
     def compute(self) -> Tensor:
-        target = dim_zero_cat(self.target)  # ignored labels were already dropped in update()
-        counts = torch.bincount(target.long(), minlength=self.num_classes)
-        defined = (counts > 0) & (counts < target.numel())
-        if not bool(defined.any()):
-            return torch.tensor(float("nan"), device=target.device)
-        return super().compute()[defined].mean()
+        scores = dim_zero_cat(self.preds)  # probabilities; ignored labels were already dropped in update()
+        target = dim_zero_cat(self.target)
+        if scores.numel() == 0 or not bool(torch.isfinite(scores).all()):  # nothing seen, or a diverged model
+            return torch.tensor(float("nan"), device=scores.device)
+        return macro_auroc(scores, target.long()).to(torch.float32)

@@ -1,12 +1,22 @@
 """The pure WSC core: tensors in, tensors out.
 
-Binning of continuous metadata, the PCA projection fitted on training embeddings, and the weight space correlation
-between linear heads. Only torch and the standard library are imported here (no Lightning, Hydra or OmegaConf), so
+Binning of continuous metadata, the PCA projection fitted on training embeddings, the weight space correlation
+between linear heads, batched linear probes with their quality metrics, and the permutation null. Only torch and the standard library are imported here (no Lightning, Hydra or OmegaConf), so
 the numbers can be tested and reused outside any training loop.
 """
 
 from .analysis import TaskCorrelation, WSCResult, compute_wsc
 from .binning import BINNING_METHODS, IGNORE_INDEX, BinningMethod, bin_names, digitize, fit_bin_edges
+from .null import NullResult, permutation_null, permuted_labels
+from .probes import (
+    ProbeFit,
+    balanced_accuracy,
+    bootstrap_auroc_ci,
+    fit_linear_probes,
+    independence_weights,
+    macro_auroc,
+    probe_scores,
+)
 from .projection import PCAProjection, choose_k, fit_pca_projection
 from .similarity import (
     WSCSummary,
@@ -20,18 +30,28 @@ __all__ = [
     "BINNING_METHODS",
     "IGNORE_INDEX",
     "BinningMethod",
+    "NullResult",
     "PCAProjection",
+    "ProbeFit",
     "TaskCorrelation",
     "WSCResult",
     "WSCSummary",
+    "balanced_accuracy",
     "bin_names",
+    "bootstrap_auroc_ci",
     "choose_k",
     "compute_wsc",
     "cosine_matrix",
     "digitize",
     "fit_bin_edges",
+    "fit_linear_probes",
     "fit_pca_projection",
+    "independence_weights",
     "intra_inter_cosines",
+    "macro_auroc",
+    "permutation_null",
+    "permuted_labels",
+    "probe_scores",
     "summarize",
     "weight_space_correlation",
 ]
