@@ -69,11 +69,15 @@ def make_data(alpha: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, 
     return emb, primary, labels, train
 
 
+def project(emb, primary):
+    """The shared first step of both arms (timed in each): PCA fit, projected embeddings and primary head."""
+    proj = fit_pca_projection(emb)
+    return proj, proj.project_embeddings(emb), proj.project_weights(primary)
+
+
 def run_ours(emb, primary, labels, train, num_perm):
     start = time.perf_counter()
-    proj = fit_pca_projection(emb)
-    feats = (emb.to(torch.float64) - proj.mean) @ proj.components.T
-    wp = proj.project_weights(primary)
+    proj, feats, wp = project(emb, primary)
     tasks = []
     for t, (c, y) in enumerate(zip(TASK_CLASSES, labels)):
         res = permutation_null(feats, y, wp, c, num_permutations=num_perm, seed=t, l2=L2, tol=TOL)
@@ -101,9 +105,7 @@ def run_sklearn(emb, primary, labels, train, num_perm):
         return torch.cat([-coef / 2, coef / 2]) if coef.shape[0] == 1 else coef
 
     start = time.perf_counter()
-    proj = fit_pca_projection(emb)
-    feats = (emb.to(torch.float64) - proj.mean) @ proj.components.T
-    wp = proj.project_weights(primary)
+    proj, feats, wp = project(emb, primary)
     tasks = []
     for t, (c, y) in enumerate(zip(TASK_CLASSES, labels)):
         stacked = torch.cat([y.unsqueeze(0), permuted_labels(y, num_perm, seed=t)])

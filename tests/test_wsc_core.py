@@ -411,3 +411,17 @@ class TestIntraInterCosines:
             intra_inter_cosines({"a": torch.zeros(2, 3), "b": torch.zeros(2, 4)})
         with pytest.raises(ValueError, match="'x'"):
             intra_inter_cosines({"x": torch.zeros(3)})
+
+
+def test_project_embeddings_centres_and_rotates_into_the_pca_basis():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5]) + 7.0
+    proj = fit_pca_projection(z, k_min=3, var_threshold=0.5)
+    coords = proj.project_embeddings(z)
+    assert coords.shape == (200, proj.k)
+    assert torch.allclose(coords.mean(dim=0), torch.zeros(proj.k, dtype=torch.float64), atol=1e-10)
+    # coordinates along principal components are uncorrelated, with the eigenvalues as variances
+    cov = coords.T @ coords / 199
+    assert torch.allclose(cov, torch.diag(proj.eigenvalues[: proj.k]), atol=1e-8)
+    with pytest.raises(ValueError, match="d=5"):
+        proj.project_embeddings(z[:, :4])

@@ -83,7 +83,7 @@ def permutation_null(
 ) -> NullResult:
     """Observed max |cos(primary row, probe row)| and its null from ``num_permutations`` label permutations.
 
-    ``features`` ``(N, k)``: the projected training embeddings ``(z - mean) @ P^T``; ``labels`` ``(N,)`` (int, -1 =
+    ``features`` ``(N, k)``: the projected training embeddings (:meth:`PCAProjection.project_embeddings`); ``labels`` ``(N,)`` (int, -1 =
     missing); ``primary_weight`` ``(C_A, k)``: the projected primary head. Labels are permuted among the valid rows
     only (missing rows stay missing, class counts are kept) with a ``torch.Generator`` seeded by ``seed`` on the
     CPU, so the null is identical for the same seed on any device. ``probe_kwargs`` go to ``fit_linear_probes``; a

@@ -74,6 +74,17 @@ class PCAProjection:
         return w @ self.components.T
 
 
+    def project_embeddings(self, embeddings: Tensor) -> Tensor:
+        """``(Z - mean) P^T``: ``(N, d)`` embeddings -> ``(N, k)`` coordinates in the PCA basis (float64, detached);
+        the features the probe protocol fits its probes on."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"embeddings must have shape (N, d={self.embedding_dim}), got {tuple(embeddings.shape)}"
+            )
+        z = embeddings.detach().to(device=self.components.device, dtype=torch.float64)
+        return (z - self.mean) @ self.components.T
+
+
 def choose_k(
     eigenvalues: Tensor, k_min: int = 50, var_threshold: float = 0.99, max_k: int | None = None
 ) -> int:
