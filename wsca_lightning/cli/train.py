@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 import sys
+import warnings
 from typing import Any, Sequence
 
 import hydra
@@ -133,6 +134,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    # Lightning 2.6's own use of a torch API deprecated in torch 2.14; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     _hydra_main()
 
 
