@@ -9,8 +9,8 @@ At the end of every training epoch (never in the sanity check) it
    ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);
 5. writes the epoch's matrices to ``<dirpath>/epoch_<NNNN>.npz`` (global rank zero only).
 
-After each computed epoch and at fit end it (re)writes ``<dirpath>/wsc_summary.json`` (format in the README). The per-epoch history is plain Python
-and is saved in checkpoints, so a resumed run continues it without gaps or duplicates -- provided checkpoints are
+After each computed epoch and at fit end it (re)writes ``<dirpath>/wsc_summary.json`` (format in the README).
+The per-epoch history is plain Python and is saved in checkpoints, so a resumed run continues it without gaps or duplicates -- provided checkpoints are
 taken at the end of the training epoch (``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs);
 a checkpoint taken at validation end precedes this callback's work for that epoch, and ``setup`` warns about it.
 

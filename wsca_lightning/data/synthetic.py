@@ -173,9 +173,14 @@ def hospital_names(num_hospitals: int) -> list[str]:
     return [f"hospital_{i + 1}" for i in range(num_hospitals)]
 
 
-def _check_range(name: str, value: object, limits: tuple[int, int]) -> None:
+def _range_problems(name: str, value: object, limits: tuple[int, int]) -> list[str]:
     if not is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
-        raise ValueError(f"{name}: must be an integer in [{limits[0]}, {limits[1]}], got {value!r}")
+        return [f"{name}: must be an integer in [{limits[0]}, {limits[1]}], got {value!r}"]
+    return []
+
+
+def _check_range(name: str, value: object, limits: tuple[int, int]) -> None:
+    _raise_if(_range_problems(name, value, limits))
 
 
 def _is_number(value: object) -> bool:
@@ -210,12 +215,8 @@ def check_synthetic_options(
         )
     if not _is_number(shortcut_strength) or not 0.0 <= shortcut_strength <= 1.0:  # type: ignore[operator]
         errors.append(f"shortcut_strength: must be a number in [0, 1], got {shortcut_strength!r}")
-    for name, value, limits in (
-        ("num_scanners", num_scanners, SCANNER_LIMITS),
-        ("num_hospitals", num_hospitals, HOSPITAL_LIMITS),
-    ):
-        if not is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
-            errors.append(f"{name}: must be an integer in [{limits[0]}, {limits[1]}], got {value!r}")
+    errors += _range_problems("num_scanners", num_scanners, SCANNER_LIMITS)
+    errors += _range_problems("num_hospitals", num_hospitals, HOSPITAL_LIMITS)
     if not _is_number(missing_fraction) or not 0.0 <= missing_fraction < 1.0:  # type: ignore[operator]
         errors.append(f"missing_fraction: must be a number in [0, 1), got {missing_fraction!r}")
     if normalization not in NORMALIZATIONS:
