@@ -56,7 +56,8 @@ class EpochTimer(L.Callback):
 def run_arm(with_wsc: bool, epochs: int, workdir: Path) -> dict:
     out = Path(tempfile.mkdtemp(dir=workdir))
     overrides = [f"paths.output_dir={out}", f"hydra.run.dir={out}", f"trainer.max_epochs={epochs}",
-                 "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null"]
+                 "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
+                 "callbacks.last_checkpoint=null"]
     if not with_wsc:
         overrides.append("callbacks.wsc=null")
     GlobalHydra.instance().clear()
@@ -66,8 +67,9 @@ def run_arm(with_wsc: bool, epochs: int, workdir: Path) -> dict:
     timer = EpochTimer()  # after the configured callbacks: its epoch end comes after the WSC callback's
     result = train(cfg, extra_callbacks=[timer])
     shutil.rmtree(out, ignore_errors=True)
-    wsc_seconds = [h["seconds"] for h in result["summary"]["history"]] if with_wsc else []
-    return {"epoch_seconds": timer.seconds, "wsc_seconds": wsc_seconds}
+    history = result["summary"]["history"] if with_wsc else []
+    return {"epoch_seconds": timer.seconds, "wsc_seconds": [h["seconds"] for h in history],
+            "wsc_parts": [h["seconds_parts"] for h in history]}
 
 
 def main() -> None:
@@ -88,12 +90,14 @@ def main() -> None:
 
     arms: dict[str, list[float]] = {"with": [], "without": []}
     wsc_seconds: list[float] = []
+    wsc_parts: list[dict[str, float]] = []
     for repeat in range(args.repeats):
         # ABBA order: a machine that speeds up or slows down during the benchmark biases neither arm
         for name in (("with", "without") if repeat % 2 == 0 else ("without", "with")):
             measured = run_arm(name == "with", args.epochs, workdir)
             arms[name] += measured["epoch_seconds"]
             wsc_seconds += measured["wsc_seconds"]
+            wsc_parts += measured["wsc_parts"]
     shutil.rmtree(workdir, ignore_errors=True)
 
     with_median = statistics.median(arms["with"])
@@ -106,6 +110,7 @@ def main() -> None:
         "epoch_seconds_with_wsc": arms["with"],
         "epoch_seconds_without_wsc": arms["without"],
         "wsc_callback_seconds": wsc_seconds,
+        "wsc_callback_median_parts": {k: statistics.median(p[k] for p in wsc_parts) for k in wsc_parts[0]},
         "epoch_time_ratio_with_over_without": with_median / without_median,
         "wsc_share_of_epoch": statistics.median(wsc_seconds) / with_median,
     }
@@ -117,6 +122,7 @@ def main() -> None:
           f"-> ratio {results['epoch_time_ratio_with_over_without']:.3f}")
     print(f"WSC callback: median {statistics.median(wsc_seconds):.3f} s per epoch = "
           f"{results['wsc_share_of_epoch']:.1%} of an epoch")
+    print("  median parts: " + ", ".join(f"{k} {v:.3f} s" for k, v in results["wsc_callback_median_parts"].items()))
     print(f"written to {RESULTS}")
 
 

@@ -31,12 +31,13 @@ TINY = [
 ]
 
 
-def compose_train_config(output_dir: Path, overrides: list[str] = ()) -> DictConfig:
-    """The `train` config with `paths.output_dir` pointing at ``output_dir`` and Hydra's runtime config set."""
+def compose_train_config(output_dir: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """The `train` (or another entry) config with `paths.output_dir` pointing at ``output_dir`` and Hydra's runtime
+    config set."""
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
         cfg = compose(
-            config_name="train",
+            config_name=config_name,
             overrides=[f"paths.output_dir={output_dir}", f"hydra.run.dir={output_dir}", *overrides],
             return_hydra_config=True,
         )

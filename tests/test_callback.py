@@ -34,7 +34,7 @@ class TupleBatchModule(L.LightningModule):
     wsc_primary_task = "label"
 
     def wsc_embed(self, batch):
-        x, _ = batch
+        x = batch[0]
         self.embed_modes.append(self.training)
         return self.encoder(x)
 
@@ -47,8 +47,12 @@ class TupleBatchModule(L.LightningModule):
             "other": HeadWeights(self.other.weight.detach(), ("o0", "o1")),
         }
 
-    def training_step(self, batch, batch_idx):
+    def wsc_targets(self, batch):
         x, y = batch
+        return {"label": y, "copy": y, "mirror": y, "other": (x[:, 0] > 0).long()}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
         z = self.encoder(x)
         loss = nn.functional.cross_entropy(self.primary(z), y) + self.other(z).pow(2).mean()
         self.log("train/loss", loss, on_step=False, on_epoch=True)
@@ -85,7 +89,7 @@ def test_callback_logs_writes_files_and_summary_for_any_module(tmp_path):
     assert module.training
 
     summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
-    assert summary["primary"] == "label" and summary["epoch"] == 1 and summary["protocol"] is None
+    assert summary["primary"] == "label" and summary["epoch"] == 1 and summary["protocol"] == "heads"
     mirror = np.array(summary["tasks"]["mirror"]["matrix"])
     assert np.allclose(np.diag(mirror), -1.0)  # same rows, opposite sign
     assert summary["tasks"]["copy"]["rows"] == ["a", "b", "c"]
@@ -158,8 +162,15 @@ def test_state_is_plain_python_and_round_trips(tmp_path):
     ("kwargs", "message"),
     [
         ({"k_min": 0}, "k_min: must be an integer >= 1"),
-        ({"var_threshold": 1.5}, "var_threshold: must be in (0, 1]"),
-        ({"subset_size": 1}, "subset_size: must be an integer >= 2"),
+        ({"var_threshold": 1.5}, "var_threshold: must be a number in (0.0, 1.0]"),
+        ({"subset_size": 1}, "subset_size: must be an integer >= 4"),
+        ({"subset_size": 6, "holdout_fraction": 0.1}, "subset_size/holdout_fraction: a subset of 6 embeddings"),
+        ({"protocol": "probe"}, "protocol: must be one of heads, probe_refit"),
+        ({"num_permutations": 1}, "num_permutations: must be 0 (no null) or >= 2"),
+        ({"alarm": {"tasks": ["scanner"], "action": "halt"}}, "alarm.action: must be one of warn, stop"),
+        ({"alarm": {"task": ["scanner"]}}, "alarm.task: unknown key"),
+        ({"alarm": {"tasks": ["scanner"]}, "num_permutations": 0}, "alarm.tasks: the alarm reads p-values"),
+        ({"alarm": {"tasks": ["scanner"]}, "tasks": ["hospital"]}, "alarm.tasks: ['scanner'] are not among"),
         ({"tasks": "scanner"}, "tasks: a list of head names"),
     ],
 )
@@ -167,3 +178,46 @@ def test_invalid_arguments_name_the_argument(kwargs, message):
     with pytest.raises(ValueError) as err:
         WeightSpaceCorrelation(**kwargs)
     assert message in str(err.value)
+
+
+def test_probe_refit_protocol_compares_refitted_probes_and_logs_significance(tmp_path):
+    callback = WeightSpaceCorrelation(protocol="probe_refit", subset_size=120, k_min=4, num_permutations=20,
+                                      save_plots=False)
+    _, trainer = fit(tmp_path, callback, epochs=1)
+    summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
+    assert summary["protocol"] == "probe_refit"
+    assert {t["source"] for t in summary["tasks"].values()} == {"probe"}
+    # 'copy' and 'mirror' have the same labels, so the same probe (to the solver tolerance)
+    assert summary["tasks"]["copy"]["max_abs"] == pytest.approx(summary["tasks"]["mirror"]["max_abs"], abs=1e-6)
+    for key in ("max_abs", "p", "z", "probe_auroc", "interpretable"):
+        assert f"wsc/other/{key}" in trainer.callback_metrics
+    # 'other' is x[:, 0] > 0: linearly encoded, so its probe passes the gate
+    assert summary["tasks"]["other"]["interpretable"] is True
+    assert not (tmp_path / "wsc" / "heatmaps").exists()  # save_plots=False
+
+
+def test_a_module_without_labels_is_told_what_to_add(tmp_path):
+    class NoTargets(TupleBatchModule):
+        def wsc_targets(self, batch):
+            return {"label": batch[1]}
+
+    with pytest.raises(ValueError, match=r"copy: wsc_targets\(batch\) gives no labels for this task"):
+        fit(tmp_path, WeightSpaceCorrelation(subset_size=60, k_min=4, num_permutations=20), epochs=1,
+            module=NoTargets())
+
+
+def test_a_task_with_one_class_in_the_subset_fails_before_the_first_step(tmp_path):
+    class OneClass(TupleBatchModule):
+        steps = 0
+
+        def wsc_targets(self, batch):
+            return {**super().wsc_targets(batch), "other": torch.zeros(len(batch[1]), dtype=torch.long)}
+
+        def training_step(self, batch, batch_idx):
+            OneClass.steps += 1
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match=r"other: 1 class\(es\) among the 90 labelled rows .* Raise subset_size"):
+        fit(tmp_path, WeightSpaceCorrelation(subset_size=120, k_min=4, num_permutations=20), epochs=1,
+            module=OneClass())
+    assert OneClass.steps == 0

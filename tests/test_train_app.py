@@ -32,7 +32,7 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
     result = train(tiny_config("trainer.max_epochs=3"))
 
     rows = read_metrics(run)
-    tasks = ["scanner", "hospital", "spacing", "cervical_length"]
+    tasks = ["scanner", "hospital", "spacing", "cervical_length", "bmi"]
     for task in tasks:
         # exactly one value per epoch, in the same row as that epoch's training loss
         assert epochs_with(rows, f"wsc/{task}/max_abs") == [0, 1, 2]
@@ -70,6 +70,21 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
     assert math.isclose(float(last["wsc/scanner/max_abs"]), scanner["max_abs"], rel_tol=1e-5)
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2]
     assert result["summary_path"] == str(wsc_dir / "wsc_summary.json")
+    # significance, probe quality, gate and deconfounded WSC per task, logged and summarised
+    assert epochs_with(rows, "wsc/scanner/p") == [0, 1, 2]
+    assert math.isclose(float(last["wsc/scanner/p"]), scanner["null"]["p"], rel_tol=1e-5)
+    assert scanner["null"]["B"] == 100 and scanner["null"]["q05"] <= scanner["null"]["q95"]
+    assert scanner["source"] == "head" and set(scanner["probe"]) >= {"auroc", "auroc_ci", "balanced_accuracy"}
+    assert isinstance(scanner["interpretable"], bool) and set(scanner["deconfounded"]) >= {"max_abs", "p"}
+    assert summary["reference"]["inter"]["n"] > 0 and summary["alarm"]["counts"] == {}
+    assert set(summary["history"][-1]["tasks"]["scanner"]) >= {"max_abs", "p", "q05", "q95", "interpretable"}
+    assert "train/loss" in summary["history"][-1]["metrics"]
+    # pictures: a heatmap per epoch, the latest one, the fit-end plot; and the table
+    assert sorted(p.name for p in (wsc_dir / "heatmaps").glob("*.png")) == [f"epoch_{e:04d}.png" for e in range(3)]
+    for png in ("wsc_heatmap.png", "wsc_over_epochs.png"):
+        assert (wsc_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (wsc_dir / "wsc_table.csv").read_text().count("\n") == 1 + len(tasks)
+    assert not list(wsc_dir.rglob("*.partial*"))
 
 
 @pytest.mark.slow
@@ -87,11 +102,7 @@ def test_resume_from_checkpoint_continues_history_without_gaps_or_duplicates(tin
     assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
     # the resumed epochs' values are new, the first two are those of the original run
     on_disk = json.loads((run / "wsc" / "wsc_summary.json").read_text())
-    assert on_disk["history"][:2] == [
-        {"epoch": h["epoch"], "k": h["k"], "seconds": h["seconds"],
-         "tasks": {n: {"max_abs": t["max_abs"], "mean_abs": t["mean_abs"]} for n, t in h["tasks"].items()}}
-        for h in wsc_state["history"]
-    ]
+    assert on_disk["history"][:2] == wsc_state["history"]
     assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
     # the logger keeps the first segment's metrics and writes the resumed epochs to a new version
     assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0, 1]
@@ -113,6 +124,9 @@ def test_sa_sononet_trains_on_eight_channel_builtin_data(tiny_config, tmp_path):
     [
         ("+model.loss_weights.scannr=2.0", "model.loss_weights.scannr: unknown head"),
         ("callbacks.wsc.tasks=[scannr]", "callbacks.wsc.tasks: unknown metadata head(s) ['scannr']"),
+        ("callbacks.wsc.alarm.tasks=[scannr]", "callbacks.wsc.alarm.tasks: unknown metadata head(s) ['scannr']"),
+        ("callbacks.wsc.alarm.patience=0", "callbacks.wsc.alarm.patience: must be an integer >= 1"),
+        ("callbacks.wsc.protocol=probes", "callbacks.wsc.protocol: must be one of heads, probe_refit"),
         ("+data.metadata.site={type: categorical}", "data.metadata.site: a metadata head needs a 'column'"),
         ("data.metadata.scanner.column=scaner", "data.metadata.scanner.column"),
         ("callbacks.wsc.k_min=0", "callbacks.wsc.k_min: must be an integer >= 1"),
@@ -158,8 +172,16 @@ def test_console_script_runs_from_any_directory_with_packaged_configs(tmp_path):
 def test_tensorboard_logger_option_writes_events_next_to_the_csv(tiny_config, tmp_path):
     train(tiny_config("logger=tensorboard", "trainer.max_epochs=1"))
     run = tmp_path / "run"
-    assert list((run / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    events = list((run / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    assert events
     assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0]
+    # the heatmap and the fit-end plot are logged as images beside the scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
+    accumulator.Reload()
+    assert {"wsc/heatmap", "wsc/over_epochs"} <= set(accumulator.Tags()["images"])
+    assert "wsc/scanner/p" in accumulator.Tags()["scalars"]
 
 
 @pytest.mark.slow

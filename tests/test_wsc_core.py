@@ -425,3 +425,22 @@ def test_project_embeddings_centres_and_rotates_into_the_pca_basis():
     assert torch.allclose(cov, torch.diag(proj.eigenvalues[: proj.k]), atol=1e-8)
     with pytest.raises(ValueError, match="d=5"):
         proj.project_embeddings(z[:, :4])
+
+
+def test_compute_wsc_matches_the_pairwise_functions_and_the_engine():
+    """The label-free analysis and the engine's heads protocol give the same matrices for the same heads."""
+    from wsca_lightning.wsc import AnalysisSettings, analyze_embeddings, compute_wsc, weight_space_correlation
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(200, 12, generator=g, dtype=torch.float64)
+    primary, scanner = torch.randn(3, 12, generator=g), torch.randn(4, 12, generator=g)
+    result = compute_wsc(z, primary, {"scanner": scanner}, k_min=5)
+    task = result.tasks["scanner"]
+    assert torch.allclose(task.matrix, weight_space_correlation(primary, scanner, result.projection))
+    assert torch.allclose(task.unprojected, weight_space_correlation(primary, scanner, None))
+    assert task.summary.max_abs == pytest.approx(float(task.matrix.abs().max()))
+    labels = torch.randint(0, 4, (200,), generator=g)
+    engine = analyze_embeddings(z, primary, {"scanner": labels}, {"scanner": 4}, head_weights={"scanner": scanner},
+                                settings=AnalysisSettings(k_min=5, num_permutations=0))
+    assert torch.allclose(engine.tasks["scanner"].correlation.matrix, task.matrix)
+    assert engine.tasks["scanner"].to_dict()["unprojected"]["matrix"] == task.to_dict()["unprojected"]["matrix"]

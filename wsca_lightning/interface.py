@@ -6,11 +6,13 @@ A module works with :class:`~wsca_lightning.callbacks.WeightSpaceCorrelation` wh
 * ``wsc_embed(batch) -> Tensor`` -- the embedding ``z`` (``(B, d)``) of a collated batch of the training dataset, the
   very vector the heads take as input (the callback calls it in eval mode under ``torch.inference_mode``);
 * ``wsc_head_weights() -> Mapping[str, HeadWeights]`` -- every head's weight matrix ``W`` (``(C, d)``; biases are
-  ignored by WSC) with one name per row.
+  ignored by WSC) with one name per row;
+* ``wsc_targets(batch) -> Mapping[str, Tensor]`` -- the integer labels (``(B,)``, ``-1`` = missing) of every task in
+  a collated batch, keyed by head name: the probes, the null and the encodability gate are fitted on them.
 
 Optionally ``wsc_protocol: str`` names how the heads came to exist (``multitask``, ``probe_online``...); it is copied
 into ``wsc_summary.json``. :class:`~wsca_lightning.models.MultiHeadModule` implements all of it; a module of your own
-needs only these three members.
+needs only these four members.
 """
 
 from __future__ import annotations
@@ -44,3 +46,5 @@ class SupportsWSC(Protocol):
     def wsc_embed(self, batch: Any) -> Tensor: ...
 
     def wsc_head_weights(self) -> Mapping[str, HeadWeights]: ...
+
+    def wsc_targets(self, batch: Any) -> Mapping[str, Tensor]: ...

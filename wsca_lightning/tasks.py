@@ -7,14 +7,15 @@ into classes before they reach a head, so every head is a classifier and every s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+import math
+from typing import Any, Literal, Mapping, Sequence
 
 from wsca_lightning.wsc.binning import IGNORE_INDEX
 
 TaskKind = Literal["binary", "categorical", "continuous"]
 TASK_KINDS: tuple[str, ...] = ("binary", "categorical", "continuous")
 
-__all__ = ["IGNORE_INDEX", "TASK_KINDS", "TaskKind", "TaskSpec"]
+__all__ = ["IGNORE_INDEX", "TASK_KINDS", "TaskKind", "TaskSpec", "spec_differences"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,37 @@ class TaskSpec:
             class_names=tuple(str(c) for c in d["class_names"]),
             bin_edges=tuple(float(e) for e in d.get("bin_edges", ())),
         )
+
+
+def spec_differences(
+    expected: Sequence[Mapping[str, Any]], actual: Sequence[Mapping[str, Any]], *, allow_extra: bool = True
+) -> list[str]:
+    """Every way ``actual`` task specs (dicts) fail to reproduce ``expected`` ones, one line per problem.
+
+    A model's heads are tied to its label spaces: a different class order, vocabulary or bin edge would silently
+    relabel a head. ``actual`` may hold extra tasks when ``allow_extra``; bin edges compare with a relative tolerance of 1e-9.
+    """
+    have = {str(s["name"]): s for s in actual}
+    problems = []
+    for spec in expected:
+        name = str(spec["name"])
+        other = have.get(name)
+        if other is None:
+            problems.append(f"{name}: the model has this head but the data defines no such task "
+                            f"(data tasks: {', '.join(have) or 'none'})")
+            continue
+        if spec.get("kind") != other.get("kind"):
+            problems.append(f"{name}: type {other.get('kind')!r} in the data, {spec.get('kind')!r} in the model")
+        if list(spec.get("class_names", [])) != list(other.get("class_names", [])):
+            problems.append(f"{name}: classes {list(other.get('class_names', []))} in the data, "
+                            f"{list(spec.get('class_names', []))} in the model")
+        edges, other_edges = list(spec.get("bin_edges", [])), list(other.get("bin_edges", []))
+        if len(edges) != len(other_edges) or not all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(edges, other_edges)
+        ):
+            problems.append(f"{name}: bin edges {other_edges} in the data, {edges} in the model")
+    if not allow_extra:
+        known = {str(s["name"]) for s in expected}
+        problems += [f"{name}: the data defines this task but the model has no such head" for name in have
+                     if name not in known]
+    return problems

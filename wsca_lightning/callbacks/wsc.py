@@ -2,41 +2,109 @@
 
 At the end of every training epoch (never in the sanity check) it
 
-1. embeds a fixed, seeded subset of the training dataset with the module in eval mode, without gradients;
-2. fits the PCA projection on those embeddings (``k = min(d, N - 1, max(k_min, k_var))``, method.md §3);
-3. correlates the primary head with each metadata head (:func:`wsca_lightning.wsc.compute_wsc`);
-4. logs ``wsc/<task>/max_abs``, ``wsc/<task>/mean_abs``, ``wsc/k`` and ``wsc/explained_variance`` with
-   ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);
-5. writes the epoch's matrices to ``<dirpath>/epoch_<NNNN>.npz`` (global rank zero only).
+1. embeds a fixed, seeded subset of the training dataset with the module in eval mode, without gradients, and
+   reads that subset's labels;
+2. runs the engine (:func:`wsca_lightning.wsc.analyze_embeddings`, method.md §3-§5): PCA projection, linear probes
+   with a permutation null, the encodability gate and the deconfounded probe;
+3. logs ``wsc/<task>/{max_abs, mean_abs, p, z, probe_auroc, interpretable, deconfounded_max_abs}``, ``wsc/k`` and
+   ``wsc/explained_variance`` with ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);
+4. updates the shortcut alarm (``alarm``): a watched task counts an epoch when it is interpretable and significant
+   (``p < alpha``); ``patience`` consecutive such epochs warn or stop training, with the same decision on every
+   process;
+5. writes (global rank zero only) ``epoch_<NNNN>.npz`` matrices, ``heatmaps/epoch_<NNNN>.png`` and the latest
+   ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (atomically, so a killed run keeps its last
+   computed epoch), and the heatmap to TensorBoard when that logger is on. At fit end it draws
+   ``wsc_over_epochs.png``: each task's WSC with its null band beside the loss curves.
 
-After each computed epoch and at fit end it (re)writes ``<dirpath>/wsc_summary.json`` (format in the README).
-The per-epoch history is plain Python and is saved in checkpoints, so a resumed run continues it without gaps or duplicates -- provided checkpoints are
-taken at the end of the training epoch (``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs);
-a checkpoint taken at validation end precedes this callback's work for that epoch, and ``setup`` warns about it.
+Protocols: ``heads`` compares the module's own metadata heads (trained ``multitask`` or ``probe_online``, the module's
+``wsc_protocol``); ``probe_refit`` compares the probes refitted on the cached embeddings every epoch (the paper's probe
+protocol, per epoch; pair it with ``head_mode=probe_online`` so metadata never shapes the backbone).
+
+The history (and the alarm's counters) are plain Python saved in checkpoints, so a resumed run continues them
+without gaps or duplicates -- provided checkpoints are taken at the end of the training epoch
+(``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs); ``setup`` warns otherwise.
 
 Any LightningModule works if it implements :class:`wsca_lightning.interface.SupportsWSC`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import shutil
 import time
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wsca_lightning.interface import HeadWeights, SupportsWSC
-from wsca_lightning.plain import is_int
-from wsca_lightning.wsc import WSCResult, compute_wsc
+from wsca_lightning.plain import is_int, to_plain
+from wsca_lightning.summary import (
+    HEATMAP_FILENAME,
+    SUMMARY_FILENAME,
+    TABLE_FILENAME,
+    analysis_entry,
+    history_tasks,
+    write_json,
+    write_table,
+)
+from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
 
-SUMMARY_FILENAME = "wsc_summary.json"
+PROTOCOLS: tuple[str, ...] = ("heads", "probe_refit")
+ALARM_ACTIONS: tuple[str, ...] = ("warn", "stop")
+OVER_EPOCHS_FILENAME = "wsc_over_epochs.png"
+
+
+@dataclass(frozen=True)
+class AlarmSettings:
+    """The shortcut alarm: ``tasks`` the primary head must not use, and what to do when one of them is interpretable
+    and significant (``p < alpha``) for ``patience`` consecutive computed epochs (``warn`` or ``stop``)."""
+
+    tasks: tuple[str, ...] = ()
+    action: str = "warn"
+    alpha: float = 0.05
+    patience: int = 3
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any] | None) -> "AlarmSettings":
+        value = dict(to_plain(value or {}, "alarm"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"alarm.{unknown[0]}: unknown key; valid keys: {', '.join(sorted(known))}")
+        tasks = value.get("tasks", ())
+        if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks or ()):
+            raise ValueError(f"alarm.tasks: a list of metadata head names, got {tasks!r}")
+        return cls(**{**value, "tasks": tuple(tasks or ())})
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.action not in ALARM_ACTIONS:
+            out.append(f"alarm.action: must be one of {', '.join(ALARM_ACTIONS)}, got {self.action!r}")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 < self.alpha < 1.0:
+            out.append(f"alarm.alpha: must be in (0, 1), got {self.alpha!r}")
+        if not is_int(self.patience) or self.patience < 1:
+            out.append(f"alarm.patience: must be an integer >= 1, got {self.patience!r}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "action": self.action, "alpha": self.alpha, "patience": self.patience}
+
+
+@dataclass
+class EmbeddedSubset:
+    """Embeddings ``(N, d)`` of the fixed subset and every task's labels ``(N,)`` (int64, ``-1`` = missing)."""
+
+    embeddings: Tensor
+    targets: dict[str, Tensor] = field(default_factory=dict)
 
 
 def embed_dataset(
@@ -46,9 +114,9 @@ def embed_dataset(
     *,
     batch_size: int,
     collate_fn: Any = None,
-    to_device: Any = None,
-) -> Tensor:
-    """Embeddings (``(len(indices), d)``) of ``dataset[indices]`` with the module in eval mode, no gradients.
+    to_device: Callable[[Any], Any] | None = None,
+) -> EmbeddedSubset:
+    """Embeddings and labels of ``dataset[indices]`` with the module in eval mode, no gradients.
 
     The module's train/eval state is restored afterwards. ``to_device`` moves a collated batch to the module's
     device (the trainer's strategy does it inside the callback).
@@ -58,101 +126,163 @@ def embed_dataset(
     was_training = module.training
     module.eval()
     chunks: list[Tensor] = []
+    targets: dict[str, list[Tensor]] = {}
     try:
         with torch.inference_mode():
             for batch in loader:
                 if to_device is not None:
                     batch = to_device(batch)
                 chunks.append(module.wsc_embed(batch).float())
+                for name, labels in module.wsc_targets(batch).items():
+                    targets.setdefault(name, []).append(torch.as_tensor(labels).to(torch.int64))
     finally:
         module.train(was_training)
-    return torch.cat(chunks)
+    return EmbeddedSubset(torch.cat(chunks), {name: torch.cat(parts) for name, parts in targets.items()})
+
+
+def _metric_value(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
 
 
 class WeightSpaceCorrelation(Callback):
-    """Per-epoch Weight Space Correlation between the primary head and metadata heads.
+    """Per-epoch Weight Space Correlation with significance, probe quality, pictures and a shortcut alarm.
 
     Args:
-        tasks: metadata heads to correlate with the primary head (default: every head but the primary one).
-        subset_size: training samples embedded for the projection (a fixed, seeded subset; all if the set is smaller).
-        k_min: floor on the number of principal components (paper: 50).
-        var_threshold: explained-variance fraction the kept components must reach (paper: 0.99).
+        tasks: metadata heads to analyse (default: every head but the primary one).
+        protocol: ``heads`` (the module's trained metadata heads) or ``probe_refit`` (probes refitted each epoch).
+        subset_size: training samples embedded (a fixed, seeded subset; all if the set is smaller). A share
+            ``holdout_fraction`` of it measures probe quality; the rest fits the probes.
         batch_size: batch size of the embedding pass.
         every_n_epochs: compute every n-th epoch (the last epoch is always computed).
-        seed: seed of the subset draw.
-        dirpath: where matrices and the summary go (default ``<trainer.default_root_dir>/wsc``).
+        k_min, var_threshold, num_permutations, holdout_fraction, l2, max_iter, tol, num_bootstrap, ci_level,
+            auroc_floor, deconfound, seed: the analysis (:class:`wsca_lightning.wsc.AnalysisSettings`); ``seed``
+            also draws the subset.
+        alarm: ``{"tasks": [...], "action": "warn"|"stop", "alpha": 0.05, "patience": 3}`` (:class:`AlarmSettings`).
+        dirpath: where files go (default ``<trainer.default_root_dir>/wsc``).
         save_matrices: write the per-epoch ``.npz`` files.
+        save_plots: write heatmaps and the fit-end plot (needs matplotlib, the ``plots`` extra).
     """
 
     def __init__(
         self,
         tasks: Sequence[str] | None = None,
+        protocol: str = "heads",
         subset_size: int = 512,
-        k_min: int = 50,
-        var_threshold: float = 0.99,
         batch_size: int = 128,
         every_n_epochs: int = 1,
+        k_min: int = 50,
+        var_threshold: float = 0.99,
+        num_permutations: int = 100,
+        holdout_fraction: float = 0.25,
+        l2: float = 1e-2,
+        max_iter: int = 200,
+        tol: float = 1e-5,
+        num_bootstrap: int = 200,
+        ci_level: float = 0.95,
+        auroc_floor: float = 0.5,
+        deconfound: bool = True,
         seed: int = 0,
+        alarm: Mapping[str, Any] | None = None,
         dirpath: str | None = None,
         save_matrices: bool = True,
+        save_plots: bool = True,
     ) -> None:
         problems = []
         if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
             problems.append(f"tasks: a list of head names or null, got {tasks!r}")
-        for key, value, low in (("subset_size", subset_size, 2), ("k_min", k_min, 1), ("batch_size", batch_size, 1),
+        if protocol not in PROTOCOLS:
+            problems.append(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        for key, value, low in (("subset_size", subset_size, 4), ("batch_size", batch_size, 1),
                                 ("every_n_epochs", every_n_epochs, 1)):
             if not is_int(value) or value < low:
                 problems.append(f"{key}: must be an integer >= {low}, got {value!r}")
-        if not isinstance(var_threshold, (int, float)) or not 0.0 < var_threshold <= 1.0:
-            problems.append(f"var_threshold: must be in (0, 1], got {var_threshold!r}")
+        self.settings = AnalysisSettings(
+            k_min=k_min, var_threshold=var_threshold, num_permutations=num_permutations,
+            holdout_fraction=holdout_fraction, l2=l2, max_iter=max_iter, tol=tol, num_bootstrap=num_bootstrap,
+            ci_level=ci_level, auroc_floor=auroc_floor, deconfound=deconfound, seed=seed,
+        )
+        problems += self.settings.problems()
+        if not problems:
+            try:
+                split_subset(subset_size, holdout_fraction, seed)
+            except ValueError as err:
+                problems.append(f"subset_size/holdout_fraction: {err}")
+        try:
+            self.alarm = AlarmSettings.from_mapping(alarm)
+            problems += self.alarm.problems()
+        except (TypeError, ValueError) as err:
+            problems.append(str(err))
+            self.alarm = AlarmSettings()
+        if self.alarm.tasks and num_permutations == 0:
+            problems.append("alarm.tasks: the alarm reads p-values; set num_permutations >= 2 (e.g. 100)")
+        if tasks is not None and not isinstance(tasks, str):
+            outside = [t for t in self.alarm.tasks if t not in tasks]
+            if outside:
+                problems.append(f"alarm.tasks: {outside} are not among tasks {list(tasks)}")
         if problems:
             raise ValueError("\n".join(problems))
+        if save_plots:
+            from wsca_lightning.plots import require_matplotlib
+
+            require_matplotlib()
         self.tasks = list(tasks) if tasks is not None else None
+        self.protocol = protocol
         self.subset_size = subset_size
-        self.k_min = k_min
-        self.var_threshold = float(var_threshold)
         self.batch_size = batch_size
         self.every_n_epochs = every_n_epochs
         self.seed = seed
         self.dirpath = dirpath
         self.save_matrices = save_matrices
+        self.save_plots = save_plots
         self.history: list[dict[str, Any]] = []
+        self.alarm_counts: dict[str, int] = {t: 0 for t in self.alarm.tasks}
+        self.alarm_epoch: int | None = None  # first epoch at which the alarm went off
+        self.last_entry: dict[str, Any] | None = None
         self._resolved_dir: str | None = None
-        self._protocol: str | None = None
+        self._module_protocol: str | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(tasks=self.tasks, k_min=self.k_min, var_threshold=self.var_threshold)
+        return self._generate_state_key(tasks=self.tasks, protocol=self.protocol, k_min=self.settings.k_min,
+                                        var_threshold=self.settings.var_threshold)
 
     # --- checks --------------------------------------------------------------------------------------------------
     def check_module(self, pl_module: Any) -> list[str]:
-        """Validate the module against this callback's settings; returns the metadata tasks to correlate."""
+        """Validate the module against this callback's settings; returns the metadata tasks to analyse."""
         if not isinstance(pl_module, SupportsWSC):
+            missing = [m for m in ("wsc_primary_task", "wsc_embed", "wsc_head_weights", "wsc_targets")
+                       if not hasattr(pl_module, m)]
             raise TypeError(
-                f"{type(pl_module).__name__} does not implement the WSC interface (wsc_primary_task, wsc_embed, "
-                "wsc_head_weights); see wsca_lightning.interface"
+                f"{type(pl_module).__name__} does not implement the WSC interface (missing: {', '.join(missing)}); "
+                "see wsca_lightning.interface"
             )
         heads = pl_module.wsc_head_weights()
         primary = pl_module.wsc_primary_task
         if primary not in heads:
             raise ValueError(f"wsc_primary_task {primary!r} is not among the module's heads {sorted(heads)}")
         available = [name for name in heads if name != primary]
-        if self.tasks is None:
-            return available
-        unknown = [t for t in self.tasks if t not in available]
-        if unknown:
-            raise ValueError(
-                f"tasks: unknown metadata head(s) {unknown}; the module's metadata heads are {available}"
-                + (f" ({primary!r} is the primary head)" if primary in unknown else "")
-            )
-        return list(self.tasks)
+        chosen = available if self.tasks is None else list(self.tasks)
+        for key, names in (("tasks", chosen), ("alarm.tasks", self.alarm.tasks)):
+            unknown = [t for t in names if t not in available]
+            if unknown:
+                raise ValueError(
+                    f"{key}: unknown metadata head(s) {unknown}; the module's metadata heads are {available}"
+                    + (f" ({primary!r} is the primary head)" if primary in unknown else "")
+                )
+        if not chosen:
+            raise ValueError(f"the module has no metadata head besides the primary {primary!r}: nothing to analyse")
+        return chosen
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.check_module(pl_module)
         protocol = getattr(pl_module, "wsc_protocol", None)
-        self._protocol = None if protocol is None else str(protocol)
+        self._module_protocol = None if protocol is None else str(protocol)
         self._resolved_dir = self.dirpath or os.path.join(trainer.default_root_dir, "wsc")
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
@@ -162,25 +292,93 @@ class WeightSpaceCorrelation(Callback):
                     "Set ModelCheckpoint(save_on_train_epoch_end=True)."
                 )
 
-    # --- the per-epoch computation -------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the subset's labels are known before the first step (the training loader exists from here on): a task no
+        # probe can be fit on fails now, not at the end of the first epoch
+        loader = trainer.train_dataloader if isinstance(trainer.train_dataloader, DataLoader) else None
+        if loader is None:
+            return
+        indices = self.subset_indices(len(loader.dataset))
+        subset = DataLoader(Subset(loader.dataset, indices), batch_size=self.batch_size, shuffle=False, num_workers=0,
+                            collate_fn=loader.collate_fn)
+        labels: dict[str, list[Tensor]] = {}
+        for batch in subset:
+            for name, values in pl_module.wsc_targets(batch).items():
+                labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64).cpu())
+        self.check_labels({name: torch.cat(parts) for name, parts in labels.items()}, self.check_module(pl_module))
+
+    def check_labels(self, targets: Mapping[str, Tensor], tasks: Sequence[str]) -> None:
+        """Every task must have labels and at least 2 classes in the fit part of the subset (else no probe exists)."""
+        problems = []
+        n = len(next(iter(targets.values()))) if targets else 0
+        fit_idx, _ = split_subset(n, self.settings.holdout_fraction, self.seed) if n >= 4 else (torch.arange(n), None)
+        for name in tasks:
+            if name not in targets:
+                problems.append(f"{name}: wsc_targets(batch) gives no labels for this task")
+                continue
+            y = targets[name][fit_idx]
+            classes = torch.unique(y[y >= 0])
+            if classes.numel() < 2:
+                problems.append(
+                    f"{name}: {classes.numel()} class(es) among the {int((y >= 0).sum())} labelled rows of the WSC "
+                    f"subset's fit part ({len(fit_idx)} rows); a probe needs 2. Raise subset_size or leave the task "
+                    "out of tasks"
+                )
+        if problems:
+            raise ValueError("WeightSpaceCorrelation cannot analyse these tasks:\n" + "\n".join(problems))
+
+    @property
+    def protocol_name(self) -> str:
+        """What the observed metadata directions are: ``probe_refit``, or the module's head mode for ``heads``."""
+        if self.protocol == "probe_refit":
+            return "probe_refit"
+        return self._module_protocol or "heads"
+
+    # --- the analysis --------------------------------------------------------------------------------------------
     def subset_indices(self, dataset_size: int) -> list[int]:
         """The fixed subset: the first ``subset_size`` of a seeded permutation, sorted."""
         generator = torch.Generator().manual_seed(self.seed)
         perm = torch.randperm(dataset_size, generator=generator)[: min(self.subset_size, dataset_size)]
         return sorted(perm.tolist())
 
+    def analyze(self, pl_module: SupportsWSC, subset: EmbeddedSubset) -> tuple[WSCAnalysis, dict[str, Any]]:
+        """Run the engine on an embedded subset; returns the analysis and its summary entry (plain Python)."""
+        tasks = self.check_module(pl_module)
+        heads: Mapping[str, HeadWeights] = pl_module.wsc_head_weights()
+        primary = pl_module.wsc_primary_task
+        missing = [t for t in [primary, *tasks] if t not in subset.targets]
+        if missing:
+            raise ValueError(f"wsc_targets(batch) returned no labels for {missing}; it gave {sorted(subset.targets)}")
+        num_classes = {t: max(2, heads[t].weight.shape[0]) for t in tasks}
+        cols = {t: list(heads[t].row_names) if heads[t].weight.shape[0] >= 2 else ["0", "1"] for t in tasks}
+        analysis = analyze_embeddings(
+            subset.embeddings,
+            heads[primary].weight,
+            {t: subset.targets[t] for t in tasks},
+            num_classes,
+            head_weights={t: heads[t].weight for t in tasks} if self.protocol == "heads" else None,
+            primary_labels=subset.targets[primary],
+            class_names={**cols, "__primary__": list(heads[primary].row_names)},
+            settings=self.settings,
+        )
+        entry = analysis_entry(analysis, list(heads[primary].row_names), cols)
+        stalled = [t for t, task in analysis.tasks.items() if not task.probe.converged]
+        if stalled:
+            rank_zero_warn(
+                f"WSC probes for {stalled} did not converge within max_iter={self.settings.max_iter} L-BFGS "
+                f"iterations (gradient above tol={self.settings.tol:g}); their values are approximate. Raise "
+                "callbacks.wsc.max_iter or l2."
+            )
+        return analysis, entry
+
     def evaluate(
         self, pl_module: SupportsWSC, dataset: Dataset, *, collate_fn: Any = None, to_device: Any = None
-    ) -> tuple[WSCResult, dict[str, HeadWeights], list[str]]:
-        """Embed the subset of ``dataset`` and compute WSC for this callback's tasks (usable outside a Trainer)."""
-        tasks = self.check_module(pl_module)
-        embeddings = embed_dataset(pl_module, dataset, self.subset_indices(len(dataset)),
-                                   batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device)
-        heads = pl_module.wsc_head_weights()
-        primary = heads[pl_module.wsc_primary_task].weight
-        result = compute_wsc(embeddings, primary, {t: heads[t].weight for t in tasks},
-                             k_min=self.k_min, var_threshold=self.var_threshold)
-        return result, heads, tasks
+    ) -> tuple[WSCAnalysis, dict[str, Any]]:
+        """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc)."""
+        self.check_module(pl_module)
+        subset = embed_dataset(pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
+                               collate_fn=collate_fn, to_device=to_device)
+        return self.analyze(pl_module, subset)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -196,46 +394,92 @@ class WeightSpaceCorrelation(Callback):
                 f"WeightSpaceCorrelation embeds the dataset of a single training DataLoader; got "
                 f"{type(loader).__name__}. Use evaluate() with the dataset to analyse directly."
             )
-        result, heads, tasks = self.evaluate(
-            pl_module,
-            loader.dataset,
+        self.check_module(pl_module)
+        subset = embed_dataset(
+            pl_module, loader.dataset, self.subset_indices(len(loader.dataset)), batch_size=self.batch_size,
             collate_fn=loader.collate_fn,
             to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
         )
+        embedded = time.perf_counter()
+        _, entry = self.analyze(pl_module, subset)
+        analysed = time.perf_counter()
         primary = pl_module.wsc_primary_task
-        logged: dict[str, float] = {"wsc/k": float(result.projection.k),
-                                    "wsc/explained_variance": result.projection.explained_variance_ratio}
-        entry_tasks: dict[str, Any] = {}
-        for name in tasks:
-            corr = result.tasks[name]
-            logged[f"wsc/{name}/max_abs"] = corr.summary.max_abs
-            logged[f"wsc/{name}/mean_abs"] = corr.summary.mean_abs
-            entry_tasks[name] = {
-                "max_abs": corr.summary.max_abs,
-                "mean_abs": corr.summary.mean_abs,
-                "matrix": corr.matrix.tolist(),
-                "rows": list(heads[primary].row_names),
-                "cols": list(heads[name].row_names),
-                "unprojected": {**corr.unprojected_summary.to_dict(), "matrix": corr.unprojected.tolist()},
-            }
-        pl_module.log_dict(logged, on_step=False, on_epoch=True)
-        entry = {
+        pl_module.log_dict(self._logged(entry), on_step=False, on_epoch=True)
+        fired = self._update_alarm(entry, epoch)
+        entry = {"epoch": epoch, "global_step": trainer.global_step, **entry}
+        record = {
             "epoch": epoch,
-            "global_step": trainer.global_step,
-            "k": result.projection.k,
-            "explained_variance": result.projection.explained_variance_ratio,
-            "n_embeddings": min(self.subset_size, len(loader.dataset)),
-            "embedding_dim": result.projection.embedding_dim,
-            "tasks": entry_tasks,
+            "k": entry["k"],
+            "metrics": self._epoch_metrics(trainer, primary),
+            "tasks": history_tasks(entry),
+            "alarm_counts": dict(self.alarm_counts),
         }
-        if trainer.is_global_zero and self.save_matrices:
-            self._write_matrices(entry)
-        entry["seconds"] = time.perf_counter() - start
         # a resumed run re-enters at the checkpoint's epoch: entries from a rolled-back timeline are dropped
-        self.history = [h for h in self.history if h["epoch"] < epoch] + [entry]
+        self.history = [h for h in self.history if h["epoch"] < epoch] + [record]
+        self.last_entry = entry
+        if trainer.is_global_zero:
+            if self.save_matrices:
+                self._write_matrices(entry)
+            if self.save_plots:
+                self._write_heatmap(trainer, entry, primary)
+            write_table(entry, os.path.join(self._directory, TABLE_FILENAME))
+        done = time.perf_counter()
+        record["seconds"] = done - start
+        record["seconds_parts"] = {"embed": embedded - start, "analysis": analysed - embedded, "files": done - analysed}
+        self._act_on_alarm(trainer, fired, epoch)
         # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
         self._write_summary(trainer, pl_module)
 
+    @staticmethod
+    def _logged(entry: Mapping[str, Any]) -> dict[str, float]:
+        logged: dict[str, float] = {"wsc/k": float(entry["k"]), "wsc/explained_variance": entry["explained_variance"]}
+        for name, values in history_tasks(entry).items():
+            for key in ("max_abs", "mean_abs", "p", "z", "probe_auroc", "deconfounded_max_abs"):
+                if values[key] is not None:
+                    logged[f"wsc/{name}/{key}"] = float(values[key])
+            logged[f"wsc/{name}/interpretable"] = float(values["interpretable"])
+        return logged
+
+    @staticmethod
+    def _epoch_metrics(trainer: L.Trainer, primary: str) -> dict[str, float]:
+        """The epoch's overall losses and the primary task's metrics, for the fit-end plot."""
+        pattern = re.compile(rf"^(train|val)/(loss|{re.escape(primary)}/.+)$")
+        out = {}
+        for key, value in trainer.callback_metrics.items():
+            if pattern.match(key) and (v := _metric_value(value)) is not None:
+                out[key] = v
+        return dict(sorted(out.items()))
+
+    # --- the shortcut alarm --------------------------------------------------------------------------------------
+    def _update_alarm(self, entry: Mapping[str, Any], epoch: int) -> list[str]:
+        """Advance the consecutive-significance counters; returns the tasks at or past ``patience``."""
+        for name in self.alarm.tasks:
+            task = entry["tasks"][name]
+            p = (task.get("null") or {}).get("p")
+            hit = task["interpretable"] and p is not None and p < self.alarm.alpha
+            self.alarm_counts[name] = self.alarm_counts.get(name, 0) + 1 if hit else 0
+        return [t for t in self.alarm.tasks if self.alarm_counts[t] >= self.alarm.patience]
+
+    def _act_on_alarm(self, trainer: L.Trainer, fired: list[str], epoch: int) -> None:
+        # every rank computed the same p-values; the reduction makes the decision identical even if one differs
+        decision = trainer.strategy.reduce_boolean_decision(bool(fired), all=False)
+        if not decision:
+            return
+        if self.alarm_epoch is None:
+            self.alarm_epoch = epoch
+        names = fired or list(self.alarm.tasks)
+        message = (
+            f"WSC shortcut alarm at epoch {epoch}: the primary head aligns with {names} beyond the permutation null "
+            f"(p < {self.alarm.alpha}) for {self.alarm.patience} consecutive epoch(s), and the metadata is encoded "
+            f"(probe AUROC above chance). See {self.summary_path}."
+        )
+        if self.alarm.action == "stop":
+            trainer.should_stop = True
+            rank_zero_warn(message + " Stopping training (alarm.action=stop).")
+        else:
+            rank_zero_warn(message)
+
+    # --- files ---------------------------------------------------------------------------------------------------
     def _write_matrices(self, entry: Mapping[str, Any]) -> None:
         os.makedirs(self._directory, exist_ok=True)
         arrays: dict[str, np.ndarray] = {"k": np.asarray(entry["k"])}
@@ -246,6 +490,20 @@ class WeightSpaceCorrelation(Callback):
             arrays[f"{name}__cols"] = np.asarray(task["cols"], dtype=str)
         np.savez(os.path.join(self._directory, f"epoch_{entry['epoch']:04d}.npz"), **arrays)
 
+    def _write_heatmap(self, trainer: L.Trainer, entry: Mapping[str, Any], primary: str) -> None:
+        from wsca_lightning.plots import heatmap_figure, save_figure
+
+        fig = heatmap_figure(entry["tasks"], primary,
+                             title=f"WSC, epoch {entry['epoch']} ({self.protocol_name}, k={entry['k']})")
+        epoch_png = os.path.join(self._directory, "heatmaps", f"epoch_{entry['epoch']:04d}.png")
+        save_figure(fig, epoch_png)
+        latest = os.path.join(self._directory, HEATMAP_FILENAME)
+        shutil.copyfile(epoch_png, latest + ".partial")
+        os.replace(latest + ".partial", latest)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("wsc/heatmap", fig, global_step=entry["epoch"], close=False)
+
     @property
     def _directory(self) -> str:
         if self._resolved_dir is None:
@@ -254,39 +512,33 @@ class WeightSpaceCorrelation(Callback):
 
     # --- fit end ------------------------------------------------------------------------------------------------
     def summary(self, primary: str) -> dict[str, Any]:
-        """``wsc_summary.json`` content: the last computed epoch in full, plus the scalar history."""
-        last = self.history[-1]
+        """``wsc_summary.json`` content: the last computed epoch in full, the alarm, and the scalar history."""
+        if self.last_entry is None:
+            raise RuntimeError("no epoch has been analysed yet")
         return {
             "primary": primary,
-            "epoch": last["epoch"],
-            "k": last["k"],
-            "protocol": self._protocol,
-            "explained_variance": last["explained_variance"],
-            "n_embeddings": last["n_embeddings"],
-            "embedding_dim": last["embedding_dim"],
-            "tasks": last["tasks"],
-            "history": [
-                {
-                    "epoch": h["epoch"],
-                    "k": h["k"],
-                    "seconds": h["seconds"],
-                    "tasks": {n: {"max_abs": t["max_abs"], "mean_abs": t["mean_abs"]} for n, t in h["tasks"].items()},
-                }
-                for h in self.history
-            ],
+            "protocol": self.protocol_name,
+            "head_mode": self._module_protocol,
+            **self.last_entry,
+            "alarm": {**self.alarm.to_dict(), "counts": dict(self.alarm_counts), "first_epoch": self.alarm_epoch},
+            "history": self.history,
         }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_summary(trainer, pl_module)
+        if self.save_plots and self.history and trainer.is_global_zero:
+            from wsca_lightning.plots import history_figure, save_figure
+
+            fig = history_figure(self.history, pl_module.wsc_primary_task, alpha=self.alarm.alpha)
+            save_figure(fig, os.path.join(self._directory, OVER_EPOCHS_FILENAME))
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_figure("wsc/over_epochs", fig, global_step=self.history[-1]["epoch"])
 
     def _write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.history or not trainer.is_global_zero:
+        if self.last_entry is None or not trainer.is_global_zero:
             return
-        os.makedirs(self._directory, exist_ok=True)
-        partial = self.summary_path + ".partial"
-        with open(partial, "w") as f:
-            json.dump(self.summary(pl_module.wsc_primary_task), f, indent=2)
-        os.replace(partial, self.summary_path)  # atomic: a reader never sees half a file
+        write_json(self.summary(pl_module.wsc_primary_task), self.summary_path)
 
     @property
     def summary_path(self) -> str:
@@ -294,7 +546,12 @@ class WeightSpaceCorrelation(Callback):
 
     # --- checkpointing: plain Python only (checkpoints load with weights_only=True) ------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "last_entry": self.last_entry, "alarm_counts": dict(self.alarm_counts),
+                "alarm_epoch": self.alarm_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        self.last_entry = state_dict.get("last_entry")
+        saved = state_dict.get("alarm_counts", {})
+        self.alarm_counts = {t: int(saved.get(t, 0)) for t in self.alarm.tasks}
+        self.alarm_epoch = state_dict.get("alarm_epoch")

@@ -6,7 +6,7 @@ import inspect
 import re
 import sys
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import hydra
 import lightning as L
@@ -14,6 +14,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
+from wsca_lightning.summary import format_summary
 
 CONFIG_PATH = "pkg://wsca_lightning.conf"
 
@@ -34,10 +35,10 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
             target = hydra.utils.get_class(node["_target_"])
             valid = [p for p in inspect.signature(target.__init__).parameters if p not in ("self", "args", "kwargs")]
             raise ConfigError(f"{key}.{unexpected.group(1)}: unknown key; valid keys: {', '.join(valid)}") from err
-        raise ConfigError(_prefix_keys(str(cause) or str(err), key)) from err
+        raise ConfigError(prefix_keys(str(cause) or str(err), key)) from err
 
 
-def _prefix_keys(message: str, key: str) -> str:
+def prefix_keys(message: str, key: str) -> str:
     """Our classes report one problem per line, each starting with the key it concerns (``image_size: ...``);
     prefix those keys with the config node's key; other lines get ``<key>: `` in front."""
     lines = []
@@ -69,7 +70,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     try:
         datamodule.setup("fit")  # bin edges and class names come from the training split
     except ValueError as err:  # e.g. a continuous column that cannot be binned on the training split
-        raise ConfigError(_prefix_keys(str(err), "data")) from err
+        raise ConfigError(prefix_keys(str(err), "data")) from err
     model = instantiate_node(
         cfg,
         "model",
@@ -105,38 +106,39 @@ def format_report(result: dict[str, Any]) -> str:
     if not result:
         return "No WSC callback ran: no summary written."
     summary, metrics = result["summary"], result["metrics"]
-    lines = [
+    primary = summary["primary"]
+    return "\n".join([
         f"WSC summary: {result['summary_path']}",
-        f"primary task '{summary['primary']}', epoch {summary['epoch']}, k = {summary['k']} principal components "
-        f"({summary['explained_variance']:.1%} of the variance of {summary['n_embeddings']} training embeddings)",
-        f"{'metadata task':<20}{'max |WSC|':>10}{'mean |WSC|':>11}{'val AUROC':>11}",
-    ]
-    for name, task in summary["tasks"].items():
-        auroc = metrics.get(f"val/{name}/auroc", float("nan"))
-        lines.append(f"{name:<20}{task['max_abs']:>10.3f}{task['mean_abs']:>11.3f}{auroc:>11.3f}")
-    primary_auroc = metrics.get(f"val/{summary['primary']}/auroc", float("nan"))
-    primary_bacc = metrics.get(f"val/{summary['primary']}/balanced_accuracy", float("nan"))
-    lines.append(f"primary '{summary['primary']}': val AUROC {primary_auroc:.3f}, "
-                 f"balanced accuracy {primary_bacc:.3f}")
-    lines.append("max |WSC| near 0: the primary head does not lean on that metadata's directions; "
-                 "a WSC is meaningful only where the metadata head predicts its metadata (val AUROC well above 0.5).")
-    return "\n".join(lines)
+        format_summary(summary, alpha=summary["alarm"]["alpha"]),
+        f"primary '{primary}': val AUROC {metrics.get(f'val/{primary}/auroc', float('nan')):.3f}, "
+        f"balanced accuracy {metrics.get(f'val/{primary}/balanced_accuracy', float('nan')):.3f}",
+    ])
+
+
+def report_or_exit(action: Callable[[], str]) -> None:
+    """Print what ``action`` returns; a ``ConfigError`` is printed to stderr and exits with status 2."""
+    try:
+        text = action()
+    except ConfigError as err:
+        print(f"Configuration error:\n{err}", file=sys.stderr)
+        sys.exit(2)
+    print(text)
+
+
+def launch(hydra_main: Callable[[], None]) -> None:
+    """Run a Hydra entry point without third-party noise."""
+    # Lightning 2.6's own use of a torch API deprecated in torch 2.14; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        result = train(cfg)
-    except ConfigError as err:
-        print(f"Configuration error:\n{err}", file=sys.stderr)
-        sys.exit(2)
-    print(format_report(result))
+    report_or_exit(lambda: format_report(train(cfg)))
 
 
 def main() -> None:
-    # Lightning 2.6's own use of a torch API deprecated in torch 2.14; nothing a user can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    _hydra_main()
+    launch(_hydra_main)
 
 
 if __name__ == "__main__":

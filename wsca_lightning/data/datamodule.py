@@ -31,7 +31,7 @@ from wsca_lightning.data.synthetic import (
     check_synthetic_options,
 )
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.tasks import TASK_KINDS, TaskSpec
+from wsca_lightning.tasks import TASK_KINDS, TaskSpec, spec_differences
 from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
 
 __all__ = ["DEFAULT_METADATA", "DEFAULT_TARGET", "SyntheticUltrasoundDataModule", "validate_task_config"]
@@ -364,9 +364,10 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         assert self._loaded_specs is not None and self._task_specs is not None
         if not self._loaded_specs:
             return
-        current = [spec.to_dict() for spec in self._task_specs]
-        if current != self._loaded_specs:
+        problems = spec_differences(self._loaded_specs, [spec.to_dict() for spec in self._task_specs],
+                                    allow_extra=False)
+        if problems:
             raise ValueError(
                 "the checkpoint's task specs differ from the ones this data config derives; resume with the data "
-                f"config the checkpoint was trained with.\n  checkpoint: {self._loaded_specs}\n  current: {current}"
+                "config the checkpoint was trained with:\n  " + "\n  ".join(problems)
             )

@@ -295,6 +295,9 @@ class MultiHeadModule(L.LightningModule):
     def wsc_embed(self, batch: Mapping[str, Any]) -> Tensor:
         return self.embed(batch["image"])
 
+    def wsc_targets(self, batch: Mapping[str, Any]) -> Mapping[str, Tensor]:
+        return batch["targets"]
+
     def wsc_head_weights(self) -> dict[str, HeadWeights]:
         heads: dict[str, HeadWeights] = {}
         for spec in self.task_specs:

@@ -111,11 +111,21 @@ def permutation_null(
 
     primary = primary_weight.detach().to(device=fit.weight.device, dtype=torch.float64)
     stats = _max_abs_cos(primary, fit.weight)
-    observed = float(stats[0])
-    null = stats[1:].clone()
+    return null_result(float(stats[0]), stats[1:].clone(), fit=fit)
+
+
+def null_result(observed: float, null: Tensor, *, fit: ProbeFit | None = None) -> NullResult:
+    """Read ``observed`` against a null sample ``(B,)`` (``B >= 2``): z-score and empirical p with the +1 correction.
+
+    Used for the probe's own value and for any other direction compared against the same null (e.g. a metadata head
+    trained with the model, read against probes refitted on permuted labels).
+    """
+    if null.ndim != 1 or null.numel() < 2:
+        raise ValueError(f"null must be 1-D with at least 2 values, got shape {tuple(null.shape)}")
+    null = null.detach().to(torch.float64)
     mean = float(null.mean())
     std = float(null.std(correction=1))
     diff = observed - mean
     z = diff / std if std > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    p = (1 + int((null >= observed).sum())) / (num_permutations + 1)
-    return NullResult(observed=observed, null=null, z=z, p=p, num_permutations=num_permutations, fit=fit)
+    p = (1 + int((null >= observed).sum())) / (null.numel() + 1)
+    return NullResult(observed=observed, null=null, z=z, p=p, num_permutations=int(null.numel()), fit=fit)

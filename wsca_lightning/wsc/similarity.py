@@ -75,6 +75,18 @@ def weight_space_correlation(
     return cosine_matrix(projection.project_weights(weight_a), projection.project_weights(weight_b))
 
 
+def identifiable_rows(weight: Tensor) -> Tensor:
+    """The identifiable direction of a head: ``w1 - w0`` (``(1, d)``) for a 2-row softmax head, else ``weight``.
+
+    Adding one vector to every row of a softmax head leaves its predictions unchanged, so only row differences are
+    determined by the data; for two classes that is the single direction ``w1 - w0``, the same one a single-logit
+    (BCE) head learns. Heads with one row or more than two rows are returned as they are.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"weight must be 2-D (C, d), got shape {tuple(weight.shape)}")
+    return weight[1:2] - weight[0:1] if weight.shape[0] == 2 else weight
+
+
 @dataclass(frozen=True)
 class WSCSummary:
     """Scalar summaries of one WSC matrix, for logging: the strongest and the typical alignment."""

@@ -1,0 +1,94 @@
+"""``wsca-analyze``: post-hoc WSC of a ``wsca-train`` checkpoint on a data config (a thin Hydra shell).
+
+Loads the checkpoint with ``torch.load(weights_only=True)``, rebuilds the data, checks that the data's label spaces
+are the ones the model's heads were trained on, embeds the fixed subset of the chosen split and runs the same
+analysis as the training callback (its settings live under ``wsc``). Writes ``wsc_summary.json``, ``wsc_table.csv``
+and ``wsc_heatmap.png`` under ``wsc.dirpath`` (default ``<run dir>/wsc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
+from wsca_lightning.cli.train import (
+    CONFIG_PATH,
+    ConfigError,
+    prefix_keys,
+    instantiate_node,
+    launch,
+    report_or_exit,
+)
+from wsca_lightning.posthoc import CheckpointError, load_checkpoint_module, write_analysis
+from wsca_lightning.summary import format_summary
+from wsca_lightning.tasks import spec_differences
+
+SPLITS = ("train", "val")
+
+
+def analyze(cfg: DictConfig) -> dict[str, Any]:
+    """Run the post-hoc analysis; returns ``{"summary", "paths"}``. Every problem is a ``ConfigError`` naming its key."""
+    if cfg.get("split") not in SPLITS:
+        raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {cfg.get('split')!r}")
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("checkpoint: missing; pass checkpoint=<path to a wsca-train .ckpt>")
+    try:
+        module, ckpt = load_checkpoint_module(cfg.checkpoint)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from err
+    with open_dict(cfg):
+        cfg.model.backbone.in_channels = module.hparams.input_shape[0]
+    datamodule = instantiate_node(cfg, "data")
+    try:
+        datamodule.setup("fit")
+    except ValueError as err:
+        raise ConfigError(prefix_keys(str(err), "data")) from err
+    problems = spec_differences(module.hparams.tasks, [s.to_dict() for s in datamodule.task_specs])
+    if list(datamodule.input_shape) != list(module.hparams.input_shape):
+        problems.append(f"input shape {list(datamodule.input_shape)} in the data, {list(module.hparams.input_shape)} "
+                        "in the model (set data.image_size to the training size)")
+    if problems:
+        raise ConfigError("data: does not match the checkpoint's heads; analyse with the data config the model was "
+                          "trained with:\n  " + "\n  ".join(problems))
+    callback = instantiate_node(cfg, "wsc", save_matrices=False)
+    if not isinstance(callback, WeightSpaceCorrelation):
+        raise ConfigError("wsc._target_: must be wsca_lightning.callbacks.WeightSpaceCorrelation")
+    try:
+        callback.check_module(module)
+    except ValueError as err:
+        raise ConfigError(f"wsc.{err}") from err
+    dataset = datamodule.train_dataset if cfg.split == "train" else datamodule.val_dataset
+    _, entry = callback.evaluate(module, dataset)
+    summary = {
+        "primary": module.wsc_primary_task,
+        "protocol": "probe_refit" if callback.protocol == "probe_refit" else module.wsc_protocol,
+        "head_mode": module.wsc_protocol,
+        "checkpoint": str(cfg.checkpoint),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "split": cfg.split,
+        **entry,
+    }
+    paths = write_analysis(summary, callback.dirpath or "wsc", plots=callback.save_plots,
+                           title=f"WSC ({summary['protocol']}, k={summary['k']}), {cfg.split} split")
+    return {"summary": summary, "paths": paths}
+
+
+def format_result(result: dict[str, Any]) -> str:
+    return f"WSC summary: {result['paths']['summary']}\n" + format_summary(result["summary"])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="analyze")
+def _hydra_main(cfg: DictConfig) -> None:
+    report_or_exit(lambda: format_result(analyze(cfg)))
+
+
+def main() -> None:
+    launch(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The files an analysis leaves behind: ``wsc_summary.json`` entries, the per-task CSV table, atomic writes.
+
+Used by the per-epoch callback and by the post-hoc ``wsca-analyze`` alike, so both write the same format
+(documented in the README, "Outputs"). Everything here is plain Python on top of :class:`WSCAnalysis`; no Lightning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+from wsca_lightning.wsc import WSCAnalysis
+
+SUMMARY_FILENAME = "wsc_summary.json"
+TABLE_FILENAME = "wsc_table.csv"
+HEATMAP_FILENAME = "wsc_heatmap.png"
+
+#: Columns of ``wsc_table.csv``, one row per metadata task.
+TABLE_COLUMNS: tuple[str, ...] = (
+    "task", "source", "max_abs", "mean_abs", "unprojected_max_abs", "z", "p", "B", "null_q95", "probe_auroc",
+    "probe_auroc_ci_low", "probe_auroc_ci_high", "probe_balanced_accuracy", "interpretable", "deconfounded_max_abs",
+    "deconfounded_p", "k", "reason",
+)
+
+
+def analysis_entry(
+    analysis: WSCAnalysis,
+    primary_rows: Sequence[str],
+    task_cols: Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
+    """The full record of one analysis: projection facts, every task (with row/column names) and the reference."""
+    tasks: dict[str, Any] = {}
+    for name, task in analysis.tasks.items():
+        entry = task.to_dict()
+        entry["rows"] = list(primary_rows)
+        entry["cols"] = list(task_cols[name])
+        if "identifiable" in entry:
+            entry["identifiable"]["rows"] = _identifiable_names(primary_rows)
+            entry["identifiable"]["cols"] = _identifiable_names(task_cols[name])
+        tasks[name] = entry
+    projection = analysis.projection
+    return {
+        "k": projection.k,
+        "explained_variance": projection.explained_variance_ratio,
+        "n_embeddings": analysis.n_fit + analysis.n_holdout,
+        "n_fit": analysis.n_fit,
+        "n_holdout": analysis.n_holdout,
+        "embedding_dim": projection.embedding_dim,
+        "settings": analysis.settings.to_dict(),
+        "tasks": tasks,
+        "reference": analysis.reference_dict(),
+    }
+
+
+def _identifiable_names(names: Sequence[str]) -> list[str]:
+    return [f"{names[1]}-{names[0]}"] if len(names) == 2 else list(names)
+
+
+def history_tasks(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-task scalars of one analysis entry, as kept in the history (and plotted over epochs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, task in entry["tasks"].items():
+        null = task.get("null") or {}
+        deconfounded = task.get("deconfounded") or {}
+        out[name] = {
+            "max_abs": task["max_abs"],
+            "mean_abs": task["mean_abs"],
+            "p": null.get("p"),
+            "z": null.get("z"),
+            "q05": null.get("q05"),
+            "q95": null.get("q95"),
+            "probe_auroc": task["probe"]["auroc"],
+            "interpretable": task["interpretable"],
+            "deconfounded_max_abs": deconfounded.get("max_abs"),
+            "deconfounded_p": deconfounded.get("p"),
+        }
+    return out
+
+
+def table_rows(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``wsc_table.csv`` rows (``TABLE_COLUMNS``) of one analysis entry."""
+    rows = []
+    for name, task in entry["tasks"].items():
+        null = task.get("null") or {}
+        deconfounded = task.get("deconfounded") or {}
+        probe = task["probe"]
+        rows.append({
+            "task": name,
+            "source": task["source"],
+            "max_abs": task["max_abs"],
+            "mean_abs": task["mean_abs"],
+            "unprojected_max_abs": task["unprojected"]["max_abs"],
+            "z": null.get("z"),
+            "p": null.get("p"),
+            "B": null.get("B"),
+            "null_q95": null.get("q95"),
+            "probe_auroc": probe["auroc"],
+            "probe_auroc_ci_low": probe["auroc_ci"][0],
+            "probe_auroc_ci_high": probe["auroc_ci"][1],
+            "probe_balanced_accuracy": probe["balanced_accuracy"],
+            "interpretable": task["interpretable"],
+            "deconfounded_max_abs": deconfounded.get("max_abs"),
+            "deconfounded_p": deconfounded.get("p"),
+            "k": entry["k"],
+            "reason": task.get("reason") or deconfounded.get("reason"),
+        })
+    return rows
+
+
+def _atomic_write(path: str, text: str) -> None:
+    """Write via a sibling ``.partial`` file and ``os.replace``: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".partial"
+    with open(partial, "w", newline="") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def write_json(obj: Any, path: str) -> None:
+    """Atomic JSON write; NaN/inf are refused (``allow_nan=False``): the format is standard JSON."""
+    _atomic_write(path, json.dumps(obj, indent=2, allow_nan=False))
+
+
+def write_table(entry: Mapping[str, Any], path: str) -> None:
+    """Atomic ``wsc_table.csv`` write (empty cells for missing values)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    for row in table_rows(entry):
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    _atomic_write(path, buffer.getvalue())
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def verdict(task: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """One word for a task: ``not interpretable``, ``significant`` (p < alpha), ``n.s.`` or ``no null``."""
+    if not task["interpretable"]:
+        return "not interpretable"
+    p = (task.get("null") or {}).get("p")
+    if p is None:
+        return "no null"
+    return "significant" if p < alpha else "n.s."
+
+
+def format_summary(summary: Mapping[str, Any], alpha: float = 0.05) -> str:
+    """A console table of a summary: per task max |WSC|, its p and null 95th percentile, the probe's AUROC with
+    its interval, the deconfounded value and the verdict."""
+
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    lines = [
+        f"primary task '{summary['primary']}' ({summary.get('protocol')}), epoch {summary.get('epoch')}, "
+        f"k = {summary['k']} principal components ({summary['explained_variance']:.1%} of the variance of "
+        f"{summary['n_embeddings']} training embeddings)",
+        f"{'metadata task':<18}{'max|WSC|':>9}{'p':>8}{'null q95':>9}{'probe AUROC [CI]':>22}{'deconf.':>9}  verdict",
+    ]
+    for name, task in summary["tasks"].items():
+        null = task.get("null") or {}
+        probe = task["probe"]
+        ci = probe["auroc_ci"]
+        auroc = f"{num(probe['auroc'], '.3f')} [{num(ci[0], '.2f')}, {num(ci[1], '.2f')}]"
+        deconfounded = (task.get("deconfounded") or {}).get("max_abs")
+        lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{num(null.get('p'), '.3f'):>8}{num(null.get('q95'), '.3f'):>9}"
+                     f"{auroc:>22}{num(deconfounded, '.3f'):>9}  {verdict(task, alpha)}")
+    lines.append(f"significant: max|WSC| beyond the permutation null (p < {alpha}) of an encoded task (probe AUROC "
+                 "interval above 0.5): the primary head shares that metadata's directions.")
+    return "\n".join(lines)

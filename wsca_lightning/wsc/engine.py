@@ -1,0 +1,447 @@
+"""The WSC engine: one full analysis of a model's heads on cached training embeddings (method.md §3-§5; pure torch).
+
+Given the embeddings of a fixed training subset, the primary head and the metadata labels, ``analyze_embeddings``
+
+1. fits the PCA projection on all subset embeddings (unsupervised, so no label leaks into it);
+2. splits the subset once, with a seeded permutation, into a *fit* part and a *held-out* part;
+3. for every metadata task fits the linear probe (multinomial, L2, class-balanced) on the projected fit part, and
+   in the same batched call the probes of ``num_permutations`` label permutations (the null);
+4. takes the *observed* metadata direction: the module's own head (``heads`` protocol: multitask or probe_online) or
+   the refitted probe (``probe_refit``), and correlates it with the primary head in the projected space (the
+   paper's measure) and in the raw space (the "w/o PCA" reference);
+5. reads the observed max |cos| against the null: z-score and ``p = (1 + #(null >= observed)) / (B + 1)``;
+6. gates it: the probe's macro AUROC on the held-out part, with a bootstrap CI; a task whose CI includes 0.5 (or
+   whose AUROC is not above ``auroc_floor``) is ``interpretable = False`` with the reason;
+7. refits the probe (and its null) with weights ``p(m) p(y) / p(m, y)`` that make the metadata independent of the
+   primary label on the fit part (the *deconfounded* WSC), when the primary labels are given and every
+   (metadata, primary) cell is populated;
+8. adds the identifiable ``w1 - w0`` form when either head is binary, and the paper's reference distributions of
+   intra-head and inter-head cosines.
+
+The null is always made of probes refitted on permuted labels, whatever the protocol: it answers "how aligned with
+the primary head is a direction fitted to metadata labels that carry no information, in this model's projected
+space?". For the ``heads`` protocol the trained head is read against that null.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .analysis import TaskCorrelation, plain_float
+from .null import NullResult, null_result, permutation_null
+from .probes import ProbeFit, balanced_accuracy, bootstrap_auroc_ci, fit_linear_probes, independence_weights, macro_auroc
+from .projection import PCAProjection, fit_pca_projection
+from .similarity import cosine_matrix, identifiable_rows, intra_inter_cosines, summarize
+
+SOURCES: tuple[str, ...] = ("head", "probe")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Every knob of one analysis (defaults: the paper's projection, B = 100 permutations, a 95 % AUROC interval).
+
+    Attributes:
+        k_min, var_threshold: projection size ``k = min(d, N - 1, max(k_min, k_var))``.
+        num_permutations: label permutations in the null (``B``); 0 skips the null (no z, no p).
+        holdout_fraction: share of the subset held out to measure probe quality (the rest fits the probes).
+        l2, max_iter, tol: probe regularisation and solver limits (:func:`fit_linear_probes`).
+        num_bootstrap, ci_level: bootstrap of the held-out AUROC.
+        auroc_floor: a probe must also reach an AUROC above this to make the task interpretable.
+        deconfound: also fit the deconfounded probe (needs the primary labels).
+        seed: seeds the split, the permutations and the bootstrap (per task, combined with the task name).
+    """
+
+    k_min: int = 50
+    var_threshold: float = 0.99
+    num_permutations: int = 100
+    holdout_fraction: float = 0.25
+    l2: float = 1e-2
+    max_iter: int = 200
+    tol: float = 1e-5
+    num_bootstrap: int = 200
+    ci_level: float = 0.95
+    auroc_floor: float = 0.5
+    deconfound: bool = True
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        """Every invalid field as ``"<field>: <what is wrong>"`` (empty when valid)."""
+        out: list[str] = []
+
+        def integer(name: str, low: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                out.append(f"{name}: must be an integer >= {low}, got {value!r}")
+
+        def number(name: str, low: float, high: float, *, closed_low: bool = False, closed_high: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if ok:
+                ok = (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
+            if not ok:
+                bounds = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+                out.append(f"{name}: must be a number in {bounds}, got {value!r}")
+
+        integer("k_min", 1)
+        number("var_threshold", 0.0, 1.0, closed_high=True)
+        integer("num_permutations", 0)
+        if self.num_permutations == 1:
+            out.append("num_permutations: must be 0 (no null) or >= 2 (the null needs a spread), got 1")
+        number("holdout_fraction", 0.0, 1.0)
+        number("l2", 0.0, math.inf, closed_low=True)
+        integer("max_iter", 1)
+        number("tol", 0.0, math.inf)
+        integer("num_bootstrap", 1)
+        number("ci_level", 0.0, 1.0)
+        number("auroc_floor", 0.0, 1.0, closed_low=True)
+        if not isinstance(self.deconfound, bool):
+            out.append(f"deconfound: must be true or false, got {self.deconfound!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            out.append(f"seed: must be an integer, got {self.seed!r}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ProbeQuality:
+    """How well the real probe predicts its metadata on the held-out part of the subset."""
+
+    auroc: float  # macro one-vs-rest over the classes present in the held-out part; NaN if none qualifies
+    auroc_ci: tuple[float, float]  # percentile bootstrap interval (NaN, NaN) when it cannot be computed
+    balanced_accuracy: float
+    converged: bool
+    n_fit: int  # fit-part rows with a label
+    n_holdout: int  # held-out rows with a label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "auroc": plain_float(self.auroc),
+            "auroc_ci": [plain_float(v) for v in self.auroc_ci],
+            "balanced_accuracy": plain_float(self.balanced_accuracy),
+            "converged": self.converged,
+            "n_fit": self.n_fit,
+            "n_holdout": self.n_holdout,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Deconfounded:
+    """WSC of the probe fit with independence weights; ``max_abs`` is None (with ``reason``) when impossible."""
+
+    max_abs: float | None
+    null: NullResult | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"max_abs": plain_float(self.max_abs)}
+        out["p"] = None if self.null is None else self.null.p
+        out["z"] = None if self.null is None else plain_float(self.null.z)
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class TaskAnalysis:
+    """Everything measured for one metadata task (see the module docstring for each step)."""
+
+    source: str  # "head" (the module's trained head) or "probe" (the refitted probe)
+    correlation: TaskCorrelation
+    identifiable: TaskCorrelation | None  # w1 - w0 form when either head is binary
+    null: NullResult | None
+    probe: ProbeQuality
+    interpretable: bool
+    reason: str | None
+    deconfounded: Deconfounded | None
+    probe_weight: Tensor  # (C_task, k) the real probe in the projected space
+    observed_weight: Tensor  # (C_task, k) the direction compared with the primary head
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (the per-task entry of ``wsc_summary.json``, without row and column names)."""
+        out = {"source": self.source, **self.correlation.to_dict()}
+        if self.identifiable is not None:
+            out["identifiable"] = self.identifiable.to_dict()
+        out["null"] = None if self.null is None else null_to_dict(self.null)
+        out["probe"] = self.probe.to_dict()
+        out["interpretable"] = self.interpretable
+        out["reason"] = self.reason
+        out["deconfounded"] = None if self.deconfounded is None else self.deconfounded.to_dict()
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class WSCAnalysis:
+    """One analysis: the projection, the per-task results and the reference cosine distributions."""
+
+    projection: PCAProjection
+    tasks: dict[str, TaskAnalysis]
+    intra: Tensor  # cosines between rows of the same head (primary and every observed head), projected
+    inter: Tensor  # cosines between rows of different heads, projected
+    n_fit: int
+    n_holdout: int
+    settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    def reference_dict(self) -> dict[str, Any]:
+        return {"intra": _distribution(self.intra), "inter": _distribution(self.inter)}
+
+
+def null_to_dict(null: NullResult) -> dict[str, Any]:
+    """``{"z", "p", "B", "observed", "mean", "sd", "q05", "q95"}`` of a null (the band drawn in the plots)."""
+    q = torch.quantile(null.null, torch.tensor([0.05, 0.95], dtype=torch.float64, device=null.null.device))
+    return {
+        "z": plain_float(null.z),
+        "p": plain_float(null.p),
+        "B": null.num_permutations,
+        "observed": plain_float(null.observed),
+        "mean": plain_float(float(null.null.mean())),
+        "sd": plain_float(float(null.null.std(correction=1))),
+        "q05": plain_float(float(q[0])),
+        "q95": plain_float(float(q[1])),
+    }
+
+
+def _distribution(values: Tensor) -> dict[str, Any]:
+    if values.numel() == 0:
+        return {"n": 0, "mean": None, "sd": None, "values": []}
+    return {
+        "n": int(values.numel()),
+        "mean": float(values.mean()),
+        "sd": float(values.std(correction=1)) if values.numel() > 1 else 0.0,
+        "values": values.tolist(),
+    }
+
+
+def task_seed(seed: int, name: str) -> int:
+    """A per-task seed that depends on the task's name, not on its position (adding a task changes no other)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def split_subset(n: int, holdout_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded ``(fit_idx, holdout_idx)`` (sorted, CPU int64) with ``round(n * holdout_fraction)`` held out."""
+    n_hold = int(round(n * holdout_fraction))
+    if n_hold < 2 or n - n_hold < 2:
+        raise ValueError(
+            f"a subset of {n} embeddings with holdout_fraction={holdout_fraction} leaves {n - n_hold} to fit and "
+            f"{n_hold} to hold out; both need at least 2 (use a larger subset_size)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[n_hold:].sort().values, perm[:n_hold].sort().values
+
+
+def _quality(
+    fit: ProbeFit, features: Tensor, labels: Tensor, n_fit: int, settings: AnalysisSettings, seed: int
+) -> ProbeQuality:
+    valid = labels >= 0
+    x, y = features[valid], labels[valid]
+    logits = x @ fit.weight[0].T + fit.bias[0]
+    scores = torch.softmax(logits, dim=1)
+    auroc = float(macro_auroc(scores, y)) if y.numel() else math.nan
+    bacc = float(balanced_accuracy(scores, y)) if y.numel() else math.nan
+    try:
+        ci = bootstrap_auroc_ci(scores, y, num_bootstrap=settings.num_bootstrap, level=settings.ci_level, seed=seed)
+    except ValueError:  # no resample with both positives and negatives of any class
+        ci = (math.nan, math.nan)
+    return ProbeQuality(auroc, ci, bacc, bool(fit.converged[0]), n_fit, int(y.numel()))
+
+
+def _gate(quality: ProbeQuality, settings: AnalysisSettings) -> str | None:
+    """Why a task's WSC is not interpretable, or None when its probe predicts the metadata above chance."""
+    auroc, (low, high) = quality.auroc, quality.auroc_ci
+    level = f"{100 * settings.ci_level:g}%"
+    if math.isnan(auroc) or math.isnan(low):
+        return (f"probe AUROC cannot be measured: the {quality.n_holdout} held-out rows lack a class with both "
+                "positives and negatives (use a larger subset_size)")
+    if low <= 0.5:
+        return (f"probe AUROC {auroc:.3f} ({level} CI {low:.3f}-{high:.3f}) includes chance (0.5): the embedding "
+                "does not encode this metadata linearly, so its WSC means nothing")
+    if auroc <= settings.auroc_floor:
+        return f"probe AUROC {auroc:.3f} is not above auroc_floor={settings.auroc_floor:g}"
+    return None
+
+
+def _empty_cells(metadata: Tensor, primary: Tensor) -> list[tuple[int, int]]:
+    """(metadata class, primary class) cells with no row, among classes present on both sides."""
+    valid = (metadata >= 0) & (primary >= 0)
+    m, y = metadata[valid], primary[valid]
+    cells = {(int(a), int(b)) for a, b in zip(m.tolist(), y.tolist())}
+    return [(a, b) for a in sorted(set(m.tolist())) for b in sorted(set(y.tolist())) if (a, b) not in cells]
+
+
+def _check_inputs(
+    embeddings: Tensor,
+    primary_weight: Tensor,
+    labels: Mapping[str, Tensor],
+    num_classes: Mapping[str, int],
+    head_weights: Mapping[str, Tensor] | None,
+    primary_labels: Tensor | None,
+) -> None:
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (N, d), got shape {tuple(embeddings.shape)}")
+    n, d = embeddings.shape
+    if primary_weight.ndim != 2 or primary_weight.shape[1] != d:
+        raise ValueError(f"primary_weight must have shape (C, d={d}), got {tuple(primary_weight.shape)}")
+    if not labels:
+        raise ValueError("labels: at least one metadata task is needed")
+    for name, y in labels.items():
+        if tuple(y.shape) != (n,):
+            raise ValueError(f"labels[{name!r}] must have shape ({n},) to match the embeddings, got {tuple(y.shape)}")
+        if name not in num_classes:
+            raise ValueError(f"num_classes has no entry for task {name!r}")
+    for name, w in (head_weights or {}).items():
+        if name not in labels:
+            raise ValueError(f"head_weights[{name!r}] has no labels")
+        if w.ndim != 2 or w.shape[1] != d:
+            raise ValueError(f"head_weights[{name!r}] must have shape (C, d={d}), got {tuple(w.shape)}")
+    if primary_labels is not None and tuple(primary_labels.shape) != (n,):
+        raise ValueError(f"primary_labels must have shape ({n},), got {tuple(primary_labels.shape)}")
+
+
+def analyze_embeddings(
+    embeddings: Tensor,
+    primary_weight: Tensor,
+    labels: Mapping[str, Tensor],
+    num_classes: Mapping[str, int],
+    *,
+    head_weights: Mapping[str, Tensor] | None = None,
+    primary_labels: Tensor | None = None,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    settings: AnalysisSettings | None = None,
+) -> WSCAnalysis:
+    """Full WSC analysis of the primary head against each metadata task (steps in the module docstring).
+
+    Args:
+        embeddings: ``(N, d)`` embeddings of a fixed training subset.
+        primary_weight: ``(C_A, d)`` the primary head's weight rows (bias ignored).
+        labels: metadata task -> ``(N,)`` integer labels (``-1`` = missing).
+        num_classes: metadata task -> number of classes.
+        head_weights: task -> ``(C_m, d)`` trained head; tasks listed here are compared through their head
+            (``source = "head"``), the others through their refitted probe (``source = "probe"``).
+        primary_labels: ``(N,)`` primary labels; needed for the deconfounded probe.
+        class_names: task (and the primary under ``"__primary__"``) -> class names, used in messages only.
+        settings: :class:`AnalysisSettings`.
+    """
+    settings = settings or AnalysisSettings()
+    problems = settings.problems()
+    if problems:
+        raise ValueError("invalid analysis settings:\n" + "\n".join(problems))
+    head_weights = dict(head_weights or {})
+    _check_inputs(embeddings, primary_weight, labels, num_classes, head_weights, primary_labels)
+    projection = fit_pca_projection(embeddings, k_min=settings.k_min, var_threshold=settings.var_threshold)
+    device = projection.components.device
+    features = projection.project_embeddings(embeddings)
+    centred = embeddings.detach().to(device=device, dtype=torch.float64) - projection.mean
+    fit_idx, hold_idx = split_subset(embeddings.shape[0], settings.holdout_fraction, settings.seed)
+    fit_idx, hold_idx = fit_idx.to(device), hold_idx.to(device)
+    primary_d = primary_weight.detach().to(device=device, dtype=torch.float64)
+    primary_k = projection.project_weights(primary_d)
+    y_primary = None if primary_labels is None else primary_labels.detach().to(device=device, dtype=torch.int64)
+    probe_kwargs = {"l2": settings.l2, "max_iter": settings.max_iter, "tol": settings.tol}
+    names = class_names or {}
+
+    tasks: dict[str, TaskAnalysis] = {}
+    for name, raw_labels in labels.items():
+        y = raw_labels.detach().to(device=device, dtype=torch.int64)
+        c = int(num_classes[name])
+        seed = task_seed(settings.seed, name)
+        y_fit = y[fit_idx]
+        try:
+            if settings.num_permutations >= 2:
+                null = permutation_null(features[fit_idx], y_fit, primary_k, c,
+                                        num_permutations=settings.num_permutations, seed=seed, **probe_kwargs)
+                fit = null.fit
+                assert fit is not None
+            else:
+                null = None
+                fit = fit_linear_probes(features[fit_idx], y_fit, c, **probe_kwargs)
+        except ValueError as err:
+            raise ValueError(f"metadata task {name!r}: {err}") from err
+        probe_k = fit.weight[0]
+        quality = _quality(fit, features[hold_idx], y[hold_idx], int((y_fit >= 0).sum()), settings, seed)
+        if name in head_weights:
+            source = "head"
+            task_d = head_weights[name].detach().to(device=device, dtype=torch.float64)
+            task_k = projection.project_weights(task_d)
+        else:
+            source = "probe"
+            task_k = probe_k
+            # the "w/o PCA" reference of a probe is the probe fit on the raw (centred) embeddings
+            task_d = fit_linear_probes(centred[fit_idx], y_fit, c, **probe_kwargs).weight[0]
+        correlation = TaskCorrelation.between(primary_k, task_k, primary_d, task_d)
+        diverged = not math.isfinite(correlation.summary.max_abs)
+        if null is not None and (source == "head" or diverged):
+            null = null_result(correlation.summary.max_abs, null.null)
+            if diverged:  # NaN >= nothing: the +1 formula would call a diverged head maximally significant
+                null = NullResult(null.observed, null.null, math.nan, math.nan, null.num_permutations)
+        identifiable = None
+        if primary_k.shape[0] == 2 or task_k.shape[0] == 2:
+            identifiable = TaskCorrelation.between(identifiable_rows(primary_k), identifiable_rows(task_k),
+                                               identifiable_rows(primary_d), identifiable_rows(task_d))
+        reason = _gate(quality, settings)
+        if diverged:
+            reason = ("the primary or the compared metadata head has non-finite weights (diverged training): its WSC "
+                      "is undefined")
+        deconfounded = None
+        if settings.deconfound and y_primary is not None:
+            deconfounded = _deconfounded(features[fit_idx], y_fit, y_primary[fit_idx], primary_k, c, name, names,
+                                         settings, seed, probe_kwargs)
+        tasks[name] = TaskAnalysis(
+            source=source,
+            correlation=correlation,
+            identifiable=identifiable,
+            null=None if null is None else NullResult(null.observed, null.null, null.z, null.p,
+                                                      null.num_permutations),  # drop the B probes: memory
+            probe=quality,
+            interpretable=reason is None,
+            reason=reason,
+            deconfounded=deconfounded,
+            probe_weight=probe_k,
+            observed_weight=task_k,
+        )
+    heads_k = {"__primary__": primary_k, **{n: t.observed_weight for n, t in tasks.items()}}
+    intra, inter = intra_inter_cosines(heads_k)
+    return WSCAnalysis(projection, tasks, intra, inter, int(fit_idx.numel()), int(hold_idx.numel()), settings)
+
+
+def _deconfounded(
+    features: Tensor,
+    y: Tensor,
+    y_primary: Tensor,
+    primary_k: Tensor,
+    num_classes: int,
+    name: str,
+    class_names: Mapping[str, Sequence[str]],
+    settings: AnalysisSettings,
+    seed: int,
+    probe_kwargs: Mapping[str, Any],
+) -> Deconfounded:
+    empty = _empty_cells(y, y_primary)
+    if empty:
+        def label(task: str, i: int) -> str:
+            names = class_names.get(task)
+            return names[i] if names is not None and i < len(names) else str(i)
+
+        shown = ", ".join(f"{name}={label(name, m)} & primary={label('__primary__', a)}" for m, a in empty[:3])
+        more = f" and {len(empty) - 3} more" if len(empty) > 3 else ""
+        return Deconfounded(None, reason=(
+            f"{len(empty)} (metadata, primary) cell(s) have no sample in the fit subset ({shown}{more}): the "
+            "metadata cannot be made independent of the primary label by reweighting"
+        ))
+    weights = independence_weights(y_primary, y)
+    try:
+        if settings.num_permutations >= 2:
+            null = permutation_null(features, y, primary_k, num_classes, num_permutations=settings.num_permutations,
+                                    seed=seed + 1, sample_weight=weights, **probe_kwargs)
+            return Deconfounded(null.observed, NullResult(null.observed, null.null, null.z, null.p,
+                                                          null.num_permutations))
+        fit = fit_linear_probes(features, y, num_classes, sample_weight=weights, **probe_kwargs)
+    except ValueError as err:
+        return Deconfounded(None, reason=f"deconfounded probe cannot be fit: {err}")
+    return Deconfounded(summarize(cosine_matrix(primary_k, fit.weight[0])).max_abs)
