@@ -142,7 +142,8 @@ def test_warn_action_warns_at_every_epoch_past_patience_and_keeps_training(tmp_p
     assert [m.split(":")[0] for m in messages] == [f"WSC shortcut alarm at epoch {e}" for e in (1, 2, 3)]
     assert all(issubclass(w.category, UserWarning) for w in records if "WSC shortcut alarm" in str(w.message))
     assert not any("Stopping training" in m for m in messages)
-    assert "['copy']" in messages[0] and "for 2 consecutive epoch(s)" in messages[0]
+    assert "['copy']" in messages[0] and "for at least 2 consecutive epoch(s) (now {'copy': 2})" in messages[0]
+    assert "(now {'copy': 4})" in messages[-1]
     assert [h["epoch"] for h in callback.history] == [0, 1, 2, 3]
     assert trainer.current_epoch == 4 and not trainer.should_stop
     assert [h["alarm_counts"]["copy"] for h in callback.history] == [1, 2, 3, 4]

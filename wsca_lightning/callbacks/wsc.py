@@ -305,11 +305,15 @@ class WeightSpaceCorrelation(Callback):
         for batch in subset:
             for name, values in pl_module.wsc_targets(batch).items():
                 labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64).cpu())
-        self.check_labels({name: torch.cat(parts) for name, parts in labels.items()}, self.check_module(pl_module))
+        self.check_labels({name: torch.cat(parts) for name, parts in labels.items()}, self.check_module(pl_module),
+                          primary=pl_module.wsc_primary_task)
 
-    def check_labels(self, targets: Mapping[str, Tensor], tasks: Sequence[str]) -> None:
-        """Every task must have labels and at least 2 classes in the fit part of the subset (else no probe exists)."""
+    def check_labels(self, targets: Mapping[str, Tensor], tasks: Sequence[str], primary: str | None = None) -> None:
+        """Every task (and the primary) must have labels, and every metadata task at least 2 classes in the fit part
+        of the subset (else no probe exists)."""
         problems = []
+        if primary is not None and primary not in targets:
+            problems.append(f"{primary}: wsc_targets(batch) gives no labels for the primary task")
         n = len(next(iter(targets.values()))) if targets else 0
         fit_idx, _ = split_subset(n, self.settings.holdout_fraction, self.seed) if n >= 4 else (torch.arange(n), None)
         for name in tasks:
@@ -366,8 +370,8 @@ class WeightSpaceCorrelation(Callback):
         if stalled:
             rank_zero_warn(
                 f"WSC probes for {stalled} did not converge within max_iter={self.settings.max_iter} L-BFGS "
-                f"iterations (gradient above tol={self.settings.tol:g}); their values are approximate. Raise "
-                "callbacks.wsc.max_iter or l2."
+                f"iterations (gradient above tol={self.settings.tol:g}); their values are approximate. Raise the "
+                "callback's max_iter or l2."
             )
         return analysis, entry
 
@@ -470,8 +474,9 @@ class WeightSpaceCorrelation(Callback):
         names = fired or list(self.alarm.tasks)
         message = (
             f"WSC shortcut alarm at epoch {epoch}: the primary head aligns with {names} beyond the permutation null "
-            f"(p < {self.alarm.alpha}) for {self.alarm.patience} consecutive epoch(s), and the metadata is encoded "
-            f"(probe AUROC above chance). See {self.summary_path}."
+            f"(p < {self.alarm.alpha}) for at least {self.alarm.patience} consecutive epoch(s) (now "
+            f"{ {t: self.alarm_counts[t] for t in names} }), and the metadata is encoded (probe AUROC above chance). "
+            f"See {self.summary_path}."
         )
         if self.alarm.action == "stop":
             trainer.should_stop = True
