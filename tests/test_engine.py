@@ -558,3 +558,16 @@ def test_diverged_head_still_serialises(diverged):
     out = json.loads(json.dumps(diverged.to_dict(), allow_nan=False))
     assert out["max_abs"] is None and out["null"]["p"] is None and out["null"]["observed"] is None
     assert out["matrix"][0][0] is None
+
+
+def test_a_diverged_primary_head_leaves_a_strict_json_summary_and_no_verdict(world):
+    """Every number that feeds wsc_summary.json stays standard JSON, and nothing reads as significant."""
+    nan_primary = torch.full((3, DIM), math.nan, dtype=D)
+    analysis = analyze_embeddings(world["z"], nan_primary, {"scanner": world["scanner"]}, {"scanner": 2},
+                                  primary_labels=world["y"], settings=AnalysisSettings(num_permutations=20, **FAST))
+    task = analysis.tasks["scanner"]
+    assert task.interpretable is False and "non-finite weights" in task.reason
+    out = json.loads(json.dumps({"task": task.to_dict(), "reference": analysis.reference_dict()}, allow_nan=False))
+    assert out["task"]["null"]["p"] is None
+    assert out["task"]["deconfounded"]["max_abs"] is None and "primary head" in out["task"]["deconfounded"]["reason"]
+    assert out["reference"]["inter"]["mean"] is None and None in out["reference"]["inter"]["values"]

@@ -142,7 +142,7 @@ class Deconfounded:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"max_abs": plain_float(self.max_abs)}
-        out["p"] = None if self.null is None else self.null.p
+        out["p"] = None if self.null is None else plain_float(self.null.p)
         out["z"] = None if self.null is None else plain_float(self.null.z)
         if self.reason is not None:
             out["reason"] = self.reason
@@ -209,13 +209,13 @@ def null_to_dict(null: NullResult) -> dict[str, Any]:
 
 
 def _distribution(values: Tensor) -> dict[str, Any]:
-    if values.numel() == 0:
-        return {"n": 0, "mean": None, "sd": None, "values": []}
+    """Count, mean and sd over the finite values (a diverged head gives NaN cosines: listed as None)."""
+    finite = values[torch.isfinite(values)]
     return {
         "n": int(values.numel()),
-        "mean": float(values.mean()),
-        "sd": float(values.std(correction=1)) if values.numel() > 1 else 0.0,
-        "values": values.tolist(),
+        "mean": float(finite.mean()) if finite.numel() else None,
+        "sd": float(finite.std(correction=1)) if finite.numel() > 1 else (0.0 if finite.numel() else None),
+        "values": [plain_float(v) for v in values.tolist()],
     }
 
 
@@ -434,6 +434,8 @@ def _deconfounded(
             f"{len(empty)} (metadata, primary) cell(s) have no sample in the fit subset ({shown}{more}): the "
             "metadata cannot be made independent of the primary label by reweighting"
         ))
+    if not bool(torch.isfinite(primary_k).all()):
+        return Deconfounded(None, reason="the primary head has non-finite weights (diverged training)")
     weights = independence_weights(y_primary, y)
     try:
         if settings.num_permutations >= 2:
