@@ -106,6 +106,10 @@ def test_weights_that_do_not_fit_the_described_model_are_refused(trained, tmp_pa
     torch.save(ckpt, tmp_path / "broken.ckpt")
     with pytest.raises(ConfigError, match=r"missing: \['heads.scanner.weight'\]"):
         run_analyze(tmp_path / "out", f"checkpoint={tmp_path / 'broken.ckpt'}")
+    ckpt["state_dict"]["heads.scanner.weight"] = torch.zeros(5, 7)
+    torch.save(ckpt, tmp_path / "reshaped.ckpt")
+    with pytest.raises(ConfigError, match="(?s)its weights do not fit .*size mismatch for heads.scanner.weight"):
+        run_analyze(tmp_path / "out", f"checkpoint={tmp_path / 'reshaped.ckpt'}")
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,11 @@ def load_checkpoint_module(path: str | os.PathLike[str]) -> tuple[Any, dict[str,
         raise CheckpointError(
             f"checkpoint: {path}: its hyper_parameters do not build a MultiHeadModule:\n  {err}"
         ) from err
-    result = module.load_state_dict(ckpt["state_dict"], strict=False)
+    try:
+        result = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        raise CheckpointError(f"checkpoint: {path}: its weights do not fit the model its hyper_parameters "
+                              f"describe:\n  {str(err).strip()[:500]}") from err
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
             f"checkpoint: {path}: its weights do not fit the model its hyper_parameters describe "

@@ -35,10 +35,18 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {cfg.get('split')!r}")
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("checkpoint: missing; pass checkpoint=<path to a wsca-train .ckpt>")
+    # the cheap checks first: analysis settings, then the checkpoint, then the data (which may take a while)
+    callback = instantiate_node(cfg, "wsc", save_matrices=False)
+    if not isinstance(callback, WeightSpaceCorrelation):
+        raise ConfigError("wsc._target_: must be wsca_lightning.callbacks.WeightSpaceCorrelation")
     try:
         module, ckpt = load_checkpoint_module(cfg.checkpoint)
     except CheckpointError as err:
         raise ConfigError(str(err)) from err
+    try:
+        callback.check_module(module)
+    except ValueError as err:
+        raise ConfigError(f"wsc.{err}") from err
     with open_dict(cfg):
         cfg.model.backbone.in_channels = module.hparams.input_shape[0]
     datamodule = instantiate_node(cfg, "data")
@@ -53,13 +61,6 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError("data: does not match the checkpoint's heads; analyse with the data config the model was "
                           "trained with:\n  " + "\n  ".join(problems))
-    callback = instantiate_node(cfg, "wsc", save_matrices=False)
-    if not isinstance(callback, WeightSpaceCorrelation):
-        raise ConfigError("wsc._target_: must be wsca_lightning.callbacks.WeightSpaceCorrelation")
-    try:
-        callback.check_module(module)
-    except ValueError as err:
-        raise ConfigError(f"wsc.{err}") from err
     dataset = datamodule.train_dataset if cfg.split == "train" else datamodule.val_dataset
     _, entry = callback.evaluate(module, dataset)
     summary = {

@@ -383,7 +383,7 @@ def analyze_embeddings(
         identifiable = None
         if primary_k.shape[0] == 2 or task_k.shape[0] == 2:
             identifiable = TaskCorrelation.between(identifiable_rows(primary_k), identifiable_rows(task_k),
-                                               identifiable_rows(primary_d), identifiable_rows(task_d))
+                                                   identifiable_rows(primary_d), identifiable_rows(task_d))
         reason = _gate(quality, settings)
         if diverged:
             reason = ("the primary or the compared metadata head has non-finite weights (diverged training): its WSC "
