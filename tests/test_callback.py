@@ -221,3 +221,28 @@ def test_a_task_with_one_class_in_the_subset_fails_before_the_first_step(tmp_pat
         fit(tmp_path, WeightSpaceCorrelation(subset_size=120, k_min=4, num_permutations=20), epochs=1,
             module=OneClass())
     assert OneClass.steps == 0
+
+
+def test_the_analysis_embeds_the_unaugmented_view_of_the_training_set(tmp_path):
+    class CountingView(TensorDataset):
+        reads = 0
+
+        def __getitem__(self, i):
+            CountingView.reads += 1
+            return super().__getitem__(i)
+
+    class Augmented(TensorDataset):
+        def __getitem__(self, i):
+            x, y = super().__getitem__(i)
+            return x + 0.1 * torch.randn_like(x), y
+
+        def without_augmentation(self):
+            return CountingView(*self.tensors)
+
+    data = dataset()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[WeightSpaceCorrelation(subset_size=120, k_min=4, num_permutations=20,
+                                                          save_plots=False)])
+    trainer.fit(TupleBatchModule(), DataLoader(Augmented(*data.tensors), batch_size=50, shuffle=True))
+    assert CountingView.reads == 2 * 120  # the label check at train start and the embedding pass

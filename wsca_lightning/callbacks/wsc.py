@@ -3,7 +3,7 @@
 At the end of every training epoch (never in the sanity check) it
 
 1. embeds a fixed, seeded subset of the training dataset with the module in eval mode, without gradients, and
-   reads that subset's labels;
+   reads that subset's labels (from ``dataset.without_augmentation()`` when the dataset offers it);
 2. runs the engine (:func:`wsca_lightning.wsc.analyze_embeddings`, method.md §3-§5): PCA projection, linear probes
    with a permutation null, the encodability gate and the deconfounded probe;
 3. logs ``wsc/<task>/{max_abs, mean_abs, p, z, probe_auroc, interpretable, deconfounded_max_abs}``, ``wsc/k`` and
@@ -138,6 +138,16 @@ def embed_dataset(
     finally:
         module.train(was_training)
     return EmbeddedSubset(torch.cat(chunks), {name: torch.cat(parts) for name, parts in targets.items()})
+
+
+def analysis_view(dataset: Dataset) -> Dataset:
+    """The dataset as the analysis should see it: ``dataset.without_augmentation()`` when the dataset offers it.
+
+    WSC describes the embedding of the training images themselves; random flips and intensity jitter would add
+    noise to the projection and the probes (and differ from epoch to epoch).
+    """
+    view = getattr(dataset, "without_augmentation", None)
+    return view() if callable(view) else dataset
 
 
 def _metric_value(value: Any) -> float | None:
@@ -298,9 +308,9 @@ class WeightSpaceCorrelation(Callback):
         loader = trainer.train_dataloader if isinstance(trainer.train_dataloader, DataLoader) else None
         if loader is None:
             return
-        indices = self.subset_indices(len(loader.dataset))
-        subset = DataLoader(Subset(loader.dataset, indices), batch_size=self.batch_size, shuffle=False, num_workers=0,
-                            collate_fn=loader.collate_fn)
+        dataset = analysis_view(loader.dataset)
+        subset = DataLoader(Subset(dataset, self.subset_indices(len(dataset))), batch_size=self.batch_size,
+                            shuffle=False, num_workers=0, collate_fn=loader.collate_fn)
         labels: dict[str, list[Tensor]] = {}
         for batch in subset:
             for name, values in pl_module.wsc_targets(batch).items():
@@ -380,6 +390,7 @@ class WeightSpaceCorrelation(Callback):
     ) -> tuple[WSCAnalysis, dict[str, Any]]:
         """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc)."""
         self.check_module(pl_module)
+        dataset = analysis_view(dataset)
         subset = embed_dataset(pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
                                collate_fn=collate_fn, to_device=to_device)
         return self.analyze(pl_module, subset)
@@ -399,8 +410,9 @@ class WeightSpaceCorrelation(Callback):
                 f"{type(loader).__name__}. Use evaluate() with the dataset to analyse directly."
             )
         self.check_module(pl_module)
+        dataset = analysis_view(loader.dataset)
         subset = embed_dataset(
-            pl_module, loader.dataset, self.subset_indices(len(loader.dataset)), batch_size=self.batch_size,
+            pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
             collate_fn=loader.collate_fn,
             to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
         )
