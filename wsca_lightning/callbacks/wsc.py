@@ -4,7 +4,7 @@ At the end of every training epoch (never in the sanity check) it
 
 1. embeds a fixed, seeded subset of the training dataset with the module in eval mode, without gradients, and
    reads that subset's labels (from ``dataset.without_augmentation()`` when the dataset offers it);
-2. runs the engine (:func:`wsca_lightning.wsc.analyze_embeddings`, method.md §3-§5): PCA projection, linear probes
+2. runs the engine (:func:`wsca_lightning.wsc.analyze_embeddings`): PCA projection, linear probes
    with a permutation null, the encodability gate and the deconfounded probe;
 3. logs ``wsc/<task>/{max_abs, mean_abs, p, z, probe_auroc, interpretable, deconfounded_max_abs}``, ``wsc/k`` and
    ``wsc/explained_variance`` with ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);

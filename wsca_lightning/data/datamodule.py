@@ -19,11 +19,10 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
+from wsca_lightning.data.base import TaskDataModule
 from wsca_lightning.data.synthetic import (
     RISK_CLASSES,
     SYNTHETIC_COLUMNS,
@@ -31,7 +30,7 @@ from wsca_lightning.data.synthetic import (
     check_synthetic_options,
 )
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.tasks import TASK_KINDS, TaskSpec, spec_differences
+from wsca_lightning.tasks import TASK_KINDS, TaskSpec
 from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
 
 __all__ = ["DEFAULT_METADATA", "DEFAULT_TARGET", "SyntheticUltrasoundDataModule", "validate_task_config"]
@@ -164,7 +163,7 @@ def validate_task_config(
     return errors, target_head, heads
 
 
-class SyntheticUltrasoundDataModule(L.LightningDataModule):
+class SyntheticUltrasoundDataModule(TaskDataModule):
     """Train/val splits of the synthetic cervix data with a primary head and metadata heads.
 
     Args:
@@ -266,19 +265,8 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
 
         self.input_shape: tuple[int, int, int] = (int(in_channels), *self.image_size)
         self.primary_task: str = target_head["name"]
-        self.train_dataset: SyntheticUltrasoundDataset | None = None
-        self.val_dataset: SyntheticUltrasoundDataset | None = None
-        self._task_specs: list[TaskSpec] | None = None
-        self._loaded_specs: list[dict[str, Any]] | None = None
 
     # ----------------------------------------------------------------------------------------------------------------
-
-    @property
-    def task_specs(self) -> list[TaskSpec]:
-        """Primary spec first, then metadata specs in config order (available after :meth:`setup`)."""
-        if self._task_specs is None:
-            raise RuntimeError("task_specs are available after setup() (continuous bins are fitted on the data)")
-        return list(self._task_specs)
 
     def _heads(self) -> list[tuple[str, dict[str, Any]]]:
         return [(self.primary_task, self.target), *self.metadata.items()]
@@ -311,63 +299,5 @@ class SyntheticUltrasoundDataModule(L.LightningDataModule):
         train.set_targets(train_targets)
         val.set_targets(val_targets)
 
-        self.train_dataset, self.val_dataset, self._task_specs = train, val, specs
-        if self._loaded_specs is not None:
-            self._check_loaded_specs()
-
-    # ----------------------------------------------------------------------------------------------------------------
-
-    def train_dataloader(self) -> DataLoader:
-        if self.train_dataset is None:
-            raise RuntimeError("call setup() before train_dataloader()")
-        # A fresh seeded generator: the shuffle order is reproducible and still differs between epochs.
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train_dataset, shuffle=True, generator=generator)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_dataset is None:
-            raise RuntimeError("call setup() before val_dataloader()")
-        return self._loader(self.val_dataset, shuffle=False, generator=None)
-
-    def _loader(
-        self, dataset: SyntheticUltrasoundDataset, *, shuffle: bool, generator: torch.Generator | None
-    ) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=False,
-            drop_last=False,
-        )
-
-    # ----------------------------------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"task_specs": [...]}`` in plain Python (empty list before setup)."""
-        specs = self._task_specs or []
-        return {"task_specs": [spec.to_dict() for spec in specs]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Record a checkpoint's task specs and check that this config re-derives the same ones.
-
-        Regeneration from the same seed and options reproduces them exactly; a mismatch means the checkpoint was
-        trained with different labels (other seed, bins or columns), which would silently relabel its heads.
-        """
-        self._loaded_specs = [dict(s) for s in state_dict.get("task_specs", [])]
-        if self._task_specs is not None:
-            self._check_loaded_specs()
-
-    def _check_loaded_specs(self) -> None:
-        assert self._loaded_specs is not None and self._task_specs is not None
-        if not self._loaded_specs:
-            return
-        problems = spec_differences(self._loaded_specs, [spec.to_dict() for spec in self._task_specs],
-                                    allow_extra=False)
-        if problems:
-            raise ValueError(
-                "the checkpoint's task specs differ from the ones this data config derives; resume with the data "
-                "config the checkpoint was trained with:\n  " + "\n  ".join(problems)
-            )
+        self.train_dataset, self.val_dataset = train, val
+        self._set_task_specs(specs)

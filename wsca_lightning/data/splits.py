@@ -311,7 +311,7 @@ def select_subset(
     primary_names: Sequence[str] | None = None,
     by_names: Sequence[str] | None = None,
 ) -> list[int]:
-    """Sorted row indices of the paper's training subset (method.md §6).
+    """Sorted row indices of the paper's training subset (paper §3.4).
 
     ``full``: every row. ``balanced``: exactly ``per_cell`` rows from every (primary class, by class) cell, so
     ``by`` carries no information about ``primary``. ``biased``: primary class ``i`` takes ``major`` rows from its

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from wsca_lightning.data.base import labelled_item
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.plain import is_int
 
@@ -619,9 +620,4 @@ class SyntheticUltrasoundDataset(Dataset):
         i = int(i)
         if i < 0:
             i += len(self)
-        return {
-            "image": self.input(i),
-            "targets": {name: value[i] for name, value in self._targets.items()},
-            "id": self.ids[i],
-            "index": i,
-        }
+        return labelled_item(self.input(i), self._targets, self.ids, i)

@@ -1,7 +1,7 @@
 """Multi-head LightningModule: a SonoNet backbone, one primary (clinical) head and metadata heads.
 
 Every head is a linear classifier on the same embedding ``z``; the WSC callback compares their weight rows
-(see :mod:`wsca_lightning.interface`). Two embedding choices (method.md §7):
+(see :mod:`wsca_lightning.interface`). Two embedding choices (paper §3.6):
 
 * ``pooled``: ``z`` is the global-average-pooled block-5 feature map (``d = C``: 128 / 256 / 512 for SonoNet16/32/64);
   every head, the primary one included, is a trainable ``nn.Linear(d, classes)``.
@@ -9,7 +9,7 @@ Every head is a linear classifier on the same embedding ``z``; the WSC callback 
   SonoNet's own global average pooling, i.e. a fixed matrix whose row ``k`` averages map ``k`` (for a binary primary
   task ``K = 1`` with one logit and the row is the all-ones vector of paper §3.6). Metadata heads are linear on ``z``.
 
-Head modes (method.md §4): ``multitask`` trains all heads jointly with the backbone (weighted sum of losses);
+Head modes (paper §3.3): ``multitask`` trains all heads jointly with the backbone (weighted sum of losses);
 ``probe_online`` trains metadata heads on ``z.detach()`` so they never shape the backbone.
 
 Missing labels (``IGNORE_INDEX = -1``) are masked per head: the head still gets a (zero-weighted) loss term in every

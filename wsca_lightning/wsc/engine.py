@@ -1,4 +1,4 @@
-"""The WSC engine: one full analysis of a model's heads on cached training embeddings (method.md §3-§5; pure torch).
+"""The WSC engine: one full analysis of a model's heads on cached training embeddings (pure torch).
 
 Given the embeddings of a fixed training subset, the primary head and the metadata labels, ``analyze_embeddings``
 

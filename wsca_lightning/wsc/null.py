@@ -1,4 +1,4 @@
-"""Permutation null for the probe protocol's WSC (method.md §5 "Null in the same space"; pure torch).
+"""Permutation null for the probe protocol's WSC (pure torch).
 
 Random directions in R^k have cosines of sd ~ 1/sqrt(k), far wider than the paper's reference histogram, so a raw
 max |cos| needs a null computed for *this* model and *this* projection: the metadata probe is refitted on permuted

@@ -1,4 +1,4 @@
-"""Linear probes on frozen embeddings and their quality metrics (method.md §4 "probe", §5; pure torch).
+"""Linear probes on frozen embeddings and their quality metrics (the paper's probe protocol, §3.3; pure torch).
 
 The probe protocol fits a new multinomial head per metadata task on fixed (projected) embeddings and compares its
 rows with the primary head. A permutation null needs the same probe refitted on ~100 shuffled label vectors, so
@@ -349,7 +349,7 @@ def bootstrap_auroc_ci(
 
 
 def independence_weights(primary: Tensor, metadata: Tensor) -> Tensor:
-    """Row weights ``p(m) p(y) / p(m, y)`` that make ``metadata`` independent of ``primary`` (method.md §5).
+    """Row weights ``p(m) p(y) / p(m, y)`` that make ``metadata`` independent of ``primary``.
 
     A probe fit with these weights sees every (metadata, primary) cell in proportion to the product of the
     marginals, so it cannot borrow the primary label's direction through their correlation. Returns ``(N,)``
