@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
 
 from wsca_lightning.data.manifest import (
     ColumnSpec,
@@ -35,7 +35,7 @@ METADATA = {"scanner": ColumnSpec("scanner"), "spacing": ColumnSpec("spacing", "
 
 def png(path: Path, value: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(torch.full((1, 8, 8), value, dtype=torch.uint8), str(path))
+    Image.fromarray(torch.full((8, 8), value, dtype=torch.uint8).numpy()).save(path)
 
 
 def write(path: Path, header, rows, delimiter: str = ",", bom: bool = False) -> Path:
@@ -322,3 +322,20 @@ def test_excel_artefacts_and_config_problems(root: Path, tmp_path: Path) -> None
     problems = check(table, tmp_path / "nowhere", split_values={"1": "training"})
     assert any("data root" in p and "is not a directory" in p for p in problems)
     assert any(p.startswith("split_values: values must be one of train, val, test") for p in problems)
+
+
+def test_read_grayscale_scales_8_and_16_bit_png_tiff_and_colour_to_unit_range(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from wsca_lightning.data.manifest import read_grayscale
+
+    ramp16 = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "a16.png")
+    Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).save(tmp_path / "a8.tif")
+    Image.fromarray(np.full((2, 2, 3), 255, dtype=np.uint8)).save(tmp_path / "rgb.jpg", quality=100)
+    sixteen = read_grayscale(str(tmp_path / "a16.png"))
+    assert sixteen.shape == (1, 1, 3) and sixteen.dtype == torch.float32
+    assert sixteen[0, 0].tolist() == pytest.approx([0.0, 32768 / 65535, 1.0])
+    assert read_grayscale(str(tmp_path / "a8.tif"))[0, 0].tolist() == [0.0, 1.0]
+    assert float(read_grayscale(str(tmp_path / "rgb.jpg")).min()) > 0.98

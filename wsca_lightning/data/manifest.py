@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from wsca_lightning.data.splits import SPLIT_NAMES, groups_in_several_parts, split_name
@@ -41,6 +42,7 @@ __all__ = [
     "encode_labels",
     "image_path",
     "parse_splits",
+    "read_grayscale",
     "read_manifest",
     "validate_manifest",
 ]
@@ -371,7 +373,7 @@ def validate_manifest(
 
     Each line reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
-    ``root``, exist, are not repeated and (``check_images``) decode with torchvision; target cells are present and
+    ``root``, exist, are not repeated and (``check_images``) decode (:func:`read_grayscale`); target cells are present and
     give a binary/categorical label space; continuous metadata parse as numbers (empty = missing); no metadata column
     is empty or constant; split cells (after ``split_values``) are train/val/test; group cells are present and no
     group spans two splits. Only reads files.
@@ -524,16 +526,34 @@ def validate_manifest(
     return problems
 
 
-def _decode_error(path: str) -> str | None:
-    """Why torchvision cannot decode the image at ``path`` (``None`` if it can)."""
-    from torchvision.io import decode_image, read_file
+def read_grayscale(path: str) -> torch.Tensor:
+    """A ``(1, H, W)`` float32 image in [0, 1] from a PNG/JPEG/TIFF file: 8-bit, 16-bit or 32-bit-float grayscale,
+    or colour converted to luminance.
 
+    Pillow (a torchvision dependency) decodes it: it reads 16-bit and TIFF files, which torchvision's own decoders
+    (deprecated since torchvision 0.29) do not all cover.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode.startswith("I;16") or im.mode == "I":
+            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
+            top = 65535.0 if im.mode.startswith("I;16") or float(pixels.max(initial=0.0)) <= 65535 else 2.0**32 - 1
+            pixels = pixels / top
+        elif im.mode == "F":
+            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).clamp(0.0, 1.0)
+        else:
+            pixels = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32).copy()) / 255.0
+    return pixels.unsqueeze(0)
+
+
+def _decode_error(path: str) -> str | None:
+    """Why the image at ``path`` cannot be read (``None`` if it can)."""
     try:
-        decode_image(read_file(path))
+        read_grayscale(path)
     except Exception as e:  # noqa: BLE001 -- any failure means the loader would fail on this file
-        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        message = re.sub(r"^.*\.(?:cpp|h|py):\d+,?\s*", "", message)  # drop torchvision's source location
-        return message[:160]
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
     return None
 
 

@@ -30,6 +30,7 @@ from wsca_lightning.data.manifest import (
     encode_labels,
     image_path,
     parse_splits,
+    read_grayscale,
     read_manifest,
     validate_manifest,
 )
@@ -62,20 +63,10 @@ def default_task_name(column: str) -> str:
 
 
 def load_image(path: str, image_size: Sequence[int]) -> Tensor:
-    """A ``(1, H, W)`` float image in [0, 1]: decoded as grayscale (8/16-bit PNG, JPEG, RGB -> gray), scaled by
-    its dtype's maximum and resized (antialiased) to ``image_size``."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    """A ``(1, H, W)`` float image in [0, 1] (:func:`read_grayscale`), resized (antialiased) to ``image_size``."""
     from torchvision.transforms.v2 import functional as F
 
-    raw = decode_image(read_file(path), mode=ImageReadMode.GRAY)
-    if raw.is_floating_point():
-        image = raw.to(torch.float32)
-    else:
-        top = {torch.uint8: 255.0, torch.uint16: 65535.0}.get(raw.dtype)
-        if top is None:
-            top = float(torch.iinfo(raw.dtype).max)
-        image = raw.to(torch.float32) / top
-    image = F.resize(image, [int(image_size[0]), int(image_size[1])], antialias=True)
+    image = F.resize(read_grayscale(path), [int(image_size[0]), int(image_size[1])], antialias=True)
     return image.clamp_(0.0, 1.0)
 
 
