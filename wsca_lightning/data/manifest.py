@@ -42,6 +42,10 @@ __all__ = [
     "encode_labels",
     "image_path",
     "parse_splits",
+    "column_problem",
+    "is_inside",
+    "parse_float",
+    "problem_line",
     "read_grayscale",
     "read_manifest",
     "validate_manifest",
@@ -194,7 +198,7 @@ def _values(values: Sequence[str]) -> str:
     return shown + (f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else "")
 
 
-def _problem(file: str, what: str, todo: str, lines: Sequence[int] = (), column: str | None = None) -> str:
+def problem_line(file: str, what: str, todo: str, lines: Sequence[int] = (), column: str | None = None) -> str:
     """One problem line: ``<file>: <what> (lines ...) [column 'x']: <what to do>``."""
     text = f"{file}: {what}"
     if lines:
@@ -232,14 +236,14 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise ManifestError([_problem(file, "not UTF-8 text", "save the spreadsheet as 'CSV UTF-8'",
+        raise ManifestError([problem_line(file, "not UTF-8 text", "save the spreadsheet as 'CSV UTF-8'",
                                       lines=[line])]) from None
     if not text.strip():
         raise ManifestError([f"{file}: the file is empty: it needs a header line naming the columns, then one row "
                              "per image"])
     first = text.splitlines()[0]
     if not first.strip():
-        raise ManifestError([_problem(file, "no header (line 1 is blank)",
+        raise ManifestError([problem_line(file, "no header (line 1 is blank)",
                                       "put the column names on the first line", lines=[1])])
     delim = delimiter if delimiter is not None else _detect_delimiter(first)
 
@@ -252,11 +256,11 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
                 records.append((start, cells))
             start = reader.line_num + 1
     except csv.Error as e:
-        raise ManifestError([_problem(file, f"malformed CSV ({e})",
+        raise ManifestError([problem_line(file, f"malformed CSV ({e})",
                                       "fix the quoting on that line (an unclosed '\"' swallows the rest of the file)",
                                       lines=[reader.line_num])]) from None
     if not records or records[0][0] != 1:
-        raise ManifestError([_problem(file, "no header (line 1 holds no column names)",
+        raise ManifestError([problem_line(file, "no header (line 1 holds no column names)",
                                       "put the column names on the first line", lines=[1])])
     header_line, header_cells = records[0]
     header = tuple(header_cells)
@@ -264,7 +268,7 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     names = [h.strip() for h in header]
     duplicates = sorted({n for n in names if n and names.count(n) > 1})
     if duplicates:
-        problems.append(_problem(file, f"repeated column name(s) {_values(duplicates)} in the header",
+        problems.append(problem_line(file, f"repeated column name(s) {_values(duplicates)} in the header",
                                  "give every column a distinct name", lines=[header_line]))
     unnamed = [i for i, n in enumerate(names) if not n]
 
@@ -289,13 +293,13 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     delim_name = {",": "','", ";": "';'", "\t": "tab"}.get(delim, repr(delim))
     for bad, word in ((more, "more"), (fewer, "fewer")):
         if bad:
-            problems.append(_problem(
+            problems.append(problem_line(
                 file, f"{len(bad)} row(s) with {word} cells than the {len(header)} header columns "
                       f"(delimiter {delim_name})", lines=bad,
                 todo="make every row have one cell per column (quote cells that contain the delimiter"
                      + (", or pass the right delimiter" if delimiter is None else "") + ")"))
     if unnamed_used:
-        problems.append(_problem(file, f"cells under a column with no name (column(s) "
+        problems.append(problem_line(file, f"cells under a column with no name (column(s) "
                                        f"{', '.join(str(i + 1) for i in unnamed)})", lines=unnamed_used,
                                  todo="give that column a name in the header"))
     if problems:
@@ -313,7 +317,8 @@ def image_path(root: str | os.PathLike, cell: str, image_pattern: str = "{}") ->
     return os.path.realpath(os.path.join(os.fspath(root), relative))
 
 
-def _inside(path: str, root_real: str) -> bool:
+def is_inside(path: str, root_real: str) -> bool:
+    """Whether the resolved ``path`` lies in the resolved ``root_real`` (paths leaving the data root are refused)."""
     return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
@@ -327,7 +332,8 @@ def parse_splits(table: ManifestTable, split_column: str,
     return [split_name(cell, split_values) for cell in table.column(split_column)]
 
 
-def _column_problem(table: ManifestTable, role: str, name: Any) -> str:
+def column_problem(table: ManifestTable, role: str, name: Any) -> str:
+    """The problem line for a config key (``role``) naming a column that is not in the header, with a hint."""
     file = table.path
     available = ", ".join(repr(h) for h in table.header[:40]) + (
         f" and {len(table.header) - 40} more" if len(table.header) > 40 else "")
@@ -339,10 +345,11 @@ def _column_problem(table: ManifestTable, role: str, name: Any) -> str:
     else:
         close = difflib.get_close_matches(name, list(table.header), n=1, cutoff=0.75)
         todo = (f"did you mean {close[0]!r}? " if close else "") + f"available columns: {available}"
-    return _problem(file, f"{role} refers to a column that is not in the header", todo, column=name)
+    return problem_line(file, f"{role} refers to a column that is not in the header", todo, column=name)
 
 
-def _parse_float(cell: str) -> float | None:
+def parse_float(cell: str) -> float | None:
+    """The finite number in ``cell``, or None (empty, text, NaN or inf)."""
     try:
         value = float(cell)
     except ValueError:
@@ -406,7 +413,7 @@ def validate_manifest(
     known = set(table.header)
     for role, col in roles:
         if col not in known:
-            problems.append(_column_problem(table, role, col))
+            problems.append(column_problem(table, role, col))
 
     def has(col: Any) -> bool:
         return isinstance(col, str) and col in known
@@ -423,15 +430,15 @@ def validate_manifest(
         missing = [ln for ln, c in zip(lines, cells) if not c]
         unknown = [(ln, c) for ln, c, s in zip(lines, cells, splits) if c and s is None]
         if missing:
-            problems.append(_problem(file, "split missing", "fill in train, val or test", missing, split_column))
+            problems.append(problem_line(file, "split missing", "fill in train, val or test", missing, split_column))
         if unknown:
             values = sorted({c for _, c in unknown}, key=_natural_key)
-            problems.append(_problem(
+            problems.append(problem_line(
                 file, f"unknown split value(s) {_values(values)}", lines=[ln for ln, _ in unknown], column=split_column,
                 todo=f"use {', '.join(SPLIT_NAMES)} (case-insensitive), or map the values with split_values, e.g. "
                      f"{{{values[0]!r}: 'train'}}"))
         if not missing and not unknown and "train" not in splits:
-            problems.append(_problem(file, "no row is in the train split", column=split_column,
+            problems.append(problem_line(file, "no row is in the train split", column=split_column,
                                      todo="label vocabularies and bin edges are fitted on train rows; mark some "
                                           "rows train (or map them with split_values)"))
 
@@ -458,7 +465,7 @@ def validate_manifest(
                     repeated_lines.append(ln)
                     continue
                 first_seen[path] = ln
-                if not _inside(path, root_real):
+                if not is_inside(path, root_real):
                     outside.append(ln)
                     examples.setdefault("outside", cell)
                 elif not os.path.isfile(path):
@@ -470,28 +477,28 @@ def validate_manifest(
                         undecodable.append(ln)
                         examples.setdefault("undecodable", f"{cell!r}: {error}")
             if empty:
-                problems.append(_problem(file, "image path missing", "fill in the image or remove the row",
+                problems.append(problem_line(file, "image path missing", "fill in the image or remove the row",
                                          empty, image_column))
             if outside:
-                problems.append(_problem(
+                problems.append(problem_line(
                     file, f"image path leaves the data root {root_str!r}, refused (e.g. {examples['outside']!r})",
                     "image paths must point inside root; move the images under root or set root to a folder "
                     "that contains them", outside, image_column))
             if absent:
-                problems.append(_problem(
+                problems.append(problem_line(
                     file, f"image file not found under {root_str!r} (e.g. {examples['absent']!r})",
                     "check root, the cell values and image_pattern" + (
                         f" (now {image_pattern!r})" if image_pattern != "{}" else
                         ", e.g. image_pattern='images/{}.png' when cells omit a folder or extension"),
                     absent, image_column))
             if undecodable:
-                problems.append(_problem(
+                problems.append(problem_line(
                     file, f"image cannot be decoded (e.g. {examples['undecodable']})",
                     "replace the file with a valid PNG/JPEG or remove the row", undecodable, image_column))
             if repeated:
                 shown = "; ".join(repeated[:_SHOWN]) + (f" and {len(repeated) - _SHOWN} more"
                                                         if len(repeated) > _SHOWN else "")
-                problems.append(_problem(
+                problems.append(problem_line(
                     file, f"the same image is listed more than once (line {shown})",
                     "keep one row per image (a repeated image inflates its weight and can leak across splits)",
                     column=image_column))
@@ -511,7 +518,7 @@ def validate_manifest(
         groups = table.column(group_column)
         missing = [ln for ln, g in zip(lines, groups) if not g]
         if missing:
-            problems.append(_problem(file, "group missing", "fill in the group (e.g. patient id) of every row",
+            problems.append(problem_line(file, "group missing", "fill in the group (e.g. patient id) of every row",
                                      missing, group_column))
         if splits is not None:
             several = groups_in_several_parts(splits, groups)
@@ -519,7 +526,7 @@ def validate_manifest(
             if leaks:
                 described = [f"{g!r} ({', '.join(several[g])})" for g in leaks[:_SHOWN]]
                 more = f" and {len(leaks) - _SHOWN} more" if len(leaks) > _SHOWN else ""
-                problems.append(_problem(
+                problems.append(problem_line(
                     file, f"{len(leaks)} group(s) in more than one split: {', '.join(described)}{more}",
                     f"put all rows of a group in one split (else evaluation leaks), using column {split_column!r}",
                     column=group_column))
@@ -569,35 +576,35 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
     if spec.type == "continuous":
         if is_target:
             return problems  # already reported: the target must be binary or categorical
-        bad = [(ln, c) for ln, c in zip(lines, cells) if c and _parse_float(c) is None]
+        bad = [(ln, c) for ln, c in zip(lines, cells) if c and parse_float(c) is None]
         if bad:
-            comma = [c for _, c in bad if _parse_float(c.replace(",", ".")) is not None]
+            comma = [c for _, c in bad if parse_float(c.replace(",", ".")) is not None]
             hint = f" (decimal commas such as {comma[0]!r}? write {comma[0].replace(',', '.')!r})" if comma else ""
-            problems.append(_problem(
+            problems.append(problem_line(
                 file, f"{role}: not a number ({_values(sorted({c for _, c in bad}))}){hint}", lines=[ln for ln, _ in bad],
                 column=column, todo="write a number, or leave the cell empty for missing"))
-        values = {v for c in cells if c and (v := _parse_float(c)) is not None}
-        train = ({v for c, s in zip(cells, splits) if s == "train" and c and (v := _parse_float(c)) is not None}
+        values = {v for c in cells if c and (v := parse_float(c)) is not None}
+        train = ({v for c, s in zip(cells, splits) if s == "train" and c and (v := parse_float(c)) is not None}
                  if splits is not None and "train" in splits else None)
         if not values:
-            problems.append(_problem(file, f"{role}: the column has no values", column=column,
+            problems.append(problem_line(file, f"{role}: the column has no values", column=column,
                                      todo="fill it in or drop this head"))
         elif len(values) == 1:
-            problems.append(_problem(file, f"{role}: every value is {next(iter(values))!r}", column=column,
+            problems.append(problem_line(file, f"{role}: every value is {next(iter(values))!r}", column=column,
                                      todo="a constant cannot be binned; drop this head"))
         elif train is not None and len(train) < 2:
-            problems.append(_problem(file, f"{role}: fewer than 2 distinct values in the train split", column=column,
+            problems.append(problem_line(file, f"{role}: fewer than 2 distinct values in the train split", column=column,
                                      todo="bin edges are fitted on train rows; drop this head or change the split"))
         return problems
 
     # binary / categorical: any non-empty string is a class
     missing = [ln for ln, c in zip(lines, cells) if not c]
     if is_target and missing:
-        problems.append(_problem(file, "target missing", "fill in the label or remove the row", missing, column))
+        problems.append(problem_line(file, "target missing", "fill in the label or remove the row", missing, column))
     if spec.classes is not None:
         outside = [(ln, c) for ln, c in zip(lines, cells) if c and c not in spec.classes]
         if is_target and outside:
-            problems.append(_problem(
+            problems.append(problem_line(
                 file, f"target value(s) {_values(sorted({c for _, c in outside}, key=_natural_key))} not in "
                       f"classes {list(spec.classes)}", lines=[ln for ln, _ in outside], column=column,
                 todo="fix the labels, add the value to classes, or remove the rows"))
@@ -607,21 +614,21 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
     present = sorted({c for c in kept if c}, key=_natural_key)
     expected = 2 if spec.type == "binary" else None
     if not present:
-        problems.append(_problem(file, f"{role}: the column has no values" + (
+        problems.append(problem_line(file, f"{role}: the column has no values" + (
             f" among classes {list(spec.classes)}" if spec.classes is not None else ""), column=column,
             todo="fill it in" + ("" if is_target else " or drop this head")))
     elif len(present) == 1:
-        problems.append(_problem(file, f"{role}: a single class {present[0]!r}", column=column,
+        problems.append(problem_line(file, f"{role}: a single class {present[0]!r}", column=column,
                                  todo="a head needs at least 2 classes" + ("" if is_target else "; drop this head")))
     elif expected is not None and len(present) != expected:
-        problems.append(_problem(file, f"{role}: binary needs exactly 2 classes, found {len(present)} "
+        problems.append(problem_line(file, f"{role}: binary needs exactly 2 classes, found {len(present)} "
                                        f"({_values(present)})", column=column,
                                  todo="declare type categorical, or keep two with classes: [a, b]"))
     elif is_target and splits is not None and spec.classes is None and "train" in splits:
         train = {c for c, s in zip(kept, splits) if c and s == "train"}
         unseen = [(ln, c) for ln, c, s in zip(lines, kept, splits) if c and s is not None and c not in train]
         if unseen:
-            problems.append(_problem(
+            problems.append(problem_line(
                 file, f"target class(es) {_values(sorted({c for _, c in unseen}, key=_natural_key))} never occur "
                       "in the train split", lines=[ln for ln, _ in unseen], column=column,
                 todo="the class vocabulary comes from train rows; move such rows to train or list all classes in "
@@ -652,21 +659,21 @@ def encode_labels(
     if bad:
         raise ValueError(f"fit_rows: indices {bad[:_SHOWN]} are outside the {len(table.rows)} rows of {file}")
     if spec.column not in table.header:
-        raise ValueError(_column_problem(table, f"{name}: column", spec.column))
+        raise ValueError(column_problem(table, f"{name}: column", spec.column))
     cells = table.column(spec.column)
     lines = table.line_numbers
 
     if spec.type == "continuous":
-        values = [_parse_float(c) if c else math.nan for c in cells]
+        values = [parse_float(c) if c else math.nan for c in cells]
         unparsable = [ln for ln, c, v in zip(lines, cells, values) if c and v is None]
         if unparsable:
-            raise ValueError(_problem(file, f"{name}: not a number", "write a number or leave the cell empty",
+            raise ValueError(problem_line(file, f"{name}: not a number", "write a number or leave the cell empty",
                                       unparsable, spec.column))
         tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         try:
             edges = fit_bin_edges(tensor[fit], spec.num_bins, spec.binning)  # type: ignore[arg-type]
         except ValueError as e:
-            raise ValueError(_problem(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
+            raise ValueError(problem_line(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
                                       todo="drop this head or use fewer bins")) from None
         labels = [int(x) for x in digitize(tensor, edges)]
         task = TaskSpec(name=name, kind="continuous", class_names=tuple(bin_names(edges)),
@@ -674,7 +681,7 @@ def encode_labels(
         if strict:
             missing = [ln for ln, lab in zip(lines, labels) if lab == IGNORE_INDEX]
             if missing:
-                raise ValueError(_problem(file, f"{name}: missing value", "fill it in", missing, spec.column))
+                raise ValueError(problem_line(file, f"{name}: missing value", "fill it in", missing, spec.column))
         return task, labels
 
     if spec.classes is not None:
@@ -684,7 +691,7 @@ def encode_labels(
     try:
         task = TaskSpec(name=name, kind=spec.type, class_names=vocabulary)  # type: ignore[arg-type]
     except ValueError as e:
-        raise ValueError(_problem(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
+        raise ValueError(problem_line(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
                                   todo="check the column and the split")) from None
     index = {c: k for k, c in enumerate(vocabulary)}
     labels = [index.get(c, IGNORE_INDEX) for c in cells]
@@ -693,9 +700,9 @@ def encode_labels(
         unseen = [ln for ln, c, lab in zip(lines, cells, labels) if c and lab == IGNORE_INDEX]
         problems = []
         if missing:
-            problems.append(_problem(file, f"{name}: missing value", "fill it in", missing, spec.column))
+            problems.append(problem_line(file, f"{name}: missing value", "fill it in", missing, spec.column))
         if unseen:
-            problems.append(_problem(file, f"{name}: value(s) not among the classes {list(vocabulary)}",
+            problems.append(problem_line(file, f"{name}: value(s) not among the classes {list(vocabulary)}",
                                      "fix the labels or the split", unseen, spec.column))
         if problems:
             raise ValueError("\n".join(problems))

@@ -7,6 +7,12 @@ the *whole* training split, so ``full``/``balanced``/``biased`` runs share them)
 problem is reported at once in one ``ValueError``, one line per problem, each starting with its config key
 (``manifest: /data/m.csv: ...``, ``target.classes: ...``) so that ``wsca-train`` can name ``data.<key>``.
 
+SA-SonoNet input (``channels``): per-row segmentation probability maps (a ``.npy`` of ``(num_maps, H, W)`` or one PNG
+per map) and pixel-spacing columns turned into constant planes (rescaled for the resize), stacked after the image;
+geometric augmentation moves image and maps together, intensity augmentation and normalisation touch the image
+only. ``on_degenerate: drop`` removes metadata heads that are empty or constant in the training split (with a
+warning) instead of failing.
+
 Nothing is ever written under ``root``.
 """
 
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +35,10 @@ from wsca_lightning.data.manifest import (
     ColumnSpec,
     ManifestError,
     ManifestTable,
+    column_problem,
+    is_inside,
+    parse_float,
+    problem_line,
     encode_labels,
     image_path,
     parse_splits,
@@ -51,6 +63,12 @@ __all__ = ["ManifestDataModule", "ManifestImageDataset", "load_image"]
 DEFAULT_TARGET: dict[str, Any] = {"column": "label", "type": "categorical"}
 _SUBSET_KEYS: tuple[str, ...] = ("mode", "by", "per_cell", "major", "minor", "seed")
 _GAMMA_RANGE = (0.8, 1.25)
+_CHANNEL_KEYS: tuple[str, ...] = ("segmentation", "spacing_columns")
+_SEGMENTATION_KEYS: tuple[str, ...] = ("column", "num_maps", "pattern")
+ON_DEGENERATE: tuple[str, ...] = ("error", "drop")
+#: validator wording of a degenerate metadata column (see ``manifest._check_labels``)
+_DEGENERATE = ("the column has no values", "a single class", "every value is ", "fewer than 2 distinct values",
+               "binary needs exactly 2 classes")
 
 
 def _bad_name(name: object) -> bool:
@@ -64,33 +82,75 @@ def default_task_name(column: str) -> str:
 
 def load_image(path: str, image_size: Sequence[int]) -> Tensor:
     """A ``(1, H, W)`` float image in [0, 1] (:func:`read_grayscale`), resized (antialiased) to ``image_size``."""
+    return _load_image(path, image_size)[0]
+
+
+def _load_image(path: str, image_size: Sequence[int]) -> tuple[Tensor, tuple[int, int]]:
+    """:func:`load_image` and the image's original ``(H, W)``."""
     from torchvision.transforms.v2 import functional as F
 
-    image = F.resize(read_grayscale(path), [int(image_size[0]), int(image_size[1])], antialias=True)
-    return image.clamp_(0.0, 1.0)
+    image = read_grayscale(path)
+    original = (int(image.shape[-2]), int(image.shape[-1]))
+    image = F.resize(image, [int(image_size[0]), int(image_size[1])], antialias=True)
+    return image.clamp_(0.0, 1.0), original
+
+
+def read_segmentation(source: str | Sequence[str]) -> Tensor:
+    """Segmentation maps ``(K, H, W)`` float32 at their stored size: a ``.npy`` file holding a float array
+    ``(K, H, W)`` (``source`` a path) or one grayscale PNG per map (``source`` a list of paths, each scaled to [0, 1]
+    by :func:`read_grayscale`)."""
+    import numpy as np
+
+    if isinstance(source, str):
+        array = np.load(source, allow_pickle=False)
+        real = np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+        if array.ndim != 3 or not real:
+            raise ValueError(f"expected a real (num_maps, H, W) array, got shape {tuple(array.shape)} "
+                             f"dtype {array.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return torch.cat([read_grayscale(p) for p in source], dim=0)
+
+
+def segmentation_source(root: str, cell: str, pattern: str, num_maps: int) -> str | list[str]:
+    """The ``.npy`` path or the per-map PNG paths of one segmentation cell (``{}`` in ``pattern`` = the cell,
+    ``{map}`` in the result = the map index 0..num_maps-1)."""
+    relative = pattern.replace("{}", cell)
+    if "{map}" in relative:
+        return [os.path.realpath(os.path.join(root, relative.replace("{map}", str(k)))) for k in range(num_maps)]
+    return os.path.realpath(os.path.join(root, relative))
 
 
 class ManifestImageDataset(Dataset):
     """Images of some manifest rows with one label per task; items are ``{"image", "targets", "id", "index"}``
-    like the synthetic dataset's (labels are 0-dim int64 tensors, ``-1`` = missing)."""
+    like the synthetic dataset's (labels are 0-dim int64 tensors, ``-1`` = missing).
+
+    With SA-SonoNet channels the input is ``(1 + K + S, H, W)``: the normalised image, ``K`` segmentation maps
+    (``segmentation``: per row a ``.npy`` path or a list of per-map PNG paths; resized like the image, values in
+    [0, 1]) and ``S`` constant spacing planes (``spacing``: per row the mm-per-pixel values of the original image,
+    ``[x, y]`` for two columns; each plane holds the spacing after resizing, ``x * W_orig / W`` and
+    ``y * H_orig / H``; a single column is treated as x). Augmentation: flip and rotation are applied jointly to the
+    image and the maps; brightness/contrast/gamma and normalisation to the image only; spacing planes never.
+    """
 
     def __init__(self, paths: Sequence[str], ids: Sequence[str], targets: Mapping[str, Tensor], *,
-                 image_size: Sequence[int], normalization: str, augment: bool) -> None:
+                 image_size: Sequence[int], normalization: str, augment: bool,
+                 segmentation: Sequence[str | Sequence[str]] | None = None,
+                 spacing: Sequence[Sequence[float]] | None = None) -> None:
         self.paths = list(paths)
         self.ids = list(ids)
         self._targets = {name: t.to(torch.int64) for name, t in targets.items()}
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.normalization = normalization
         self.augment = augment
-        self._augmentation = None
+        self.segmentation = None if segmentation is None else list(segmentation)
+        self.spacing = None if spacing is None else [tuple(float(v) for v in row) for row in spacing]
+        self._geometric = self._intensity = None
         if augment:
             from torchvision.transforms import v2
 
-            self._augmentation = v2.Compose([
-                v2.RandomHorizontalFlip(),
-                v2.RandomRotation(25),
-                v2.ColorJitter(brightness=0.2, contrast=0.2),
-            ])
+            # one call on the stacked (image + maps) tensor: the same flip / angle for every channel
+            self._geometric = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(25)])
+            self._intensity = v2.ColorJitter(brightness=0.2, contrast=0.2)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,15 +160,30 @@ class ManifestImageDataset(Dataset):
         return dict(self._targets)
 
     def input(self, i: int) -> Tensor:
-        image = load_image(self.paths[i], self.image_size)
-        if self._augmentation is not None:
-            from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms.v2 import functional as F
 
-            image = self._augmentation(image)
+        image, (h0, w0) = _load_image(self.paths[i], self.image_size)
+        maps = None
+        if self.segmentation is not None:
+            maps = F.resize(read_segmentation(self.segmentation[i]), list(self.image_size), antialias=True)
+            maps = maps.clamp_(0.0, 1.0)
+        if self._geometric is not None:
+            stacked = image if maps is None else torch.cat([image, maps], dim=0)
+            stacked = self._geometric(stacked)
+            image, maps = stacked[:1], (None if maps is None else stacked[1:])
+            image = self._intensity(image)
             low, high = _GAMMA_RANGE
             gamma = float(torch.empty(()).uniform_(low, high))  # global RNG: seeded per worker by Lightning
             image = F.adjust_gamma(image.clamp(0.0, 1.0), gamma)
-        return normalize_image(image, self.normalization)
+        parts = [normalize_image(image, self.normalization)]
+        if maps is not None:
+            parts.append(maps)
+        if self.spacing is not None:
+            h, w = self.image_size
+            scales = (w0 / w, h0 / h)
+            parts += [torch.full((1, h, w), value * scales[min(k, 1)], dtype=torch.float32)
+                      for k, value in enumerate(self.spacing[i])]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
@@ -121,7 +196,8 @@ class ManifestImageDataset(Dataset):
         if not self.augment:
             return self
         return ManifestImageDataset(self.paths, self.ids, self._targets, image_size=self.image_size,
-                                    normalization=self.normalization, augment=False)
+                                    normalization=self.normalization, augment=False,
+                                    segmentation=self.segmentation, spacing=self.spacing)
 
 
 class ManifestDataModule(TaskDataModule):
@@ -140,6 +216,15 @@ class ManifestDataModule(TaskDataModule):
         fold, num_folds: k-fold cross-validation over the non-test rows (``fold`` = the val fold).
         subset: ``{mode: full|balanced|biased, by: <metadata head>, per_cell, major, minor, seed}`` on train only.
         image_size, in_channels, normalization, augment, check_images, batch_size, num_workers, seed.
+        channels: SA-SonoNet's extra input channels, ``{segmentation, spacing_columns}`` (both ``None`` = the image
+            only). ``segmentation``: ``{column, num_maps: 5, pattern: "{}"}``; the cell formatted into ``pattern``
+            (relative to root, inside it) is a ``.npy`` float array ``(num_maps, H, W)`` in [0, 1] of the image's
+            size, or a path containing ``{map}`` (replaced by 0..num_maps-1) of one 8/16-bit grayscale PNG per map.
+            ``spacing_columns``: ``[x, y]`` (or ``[x]``) columns holding mm per pixel of the original image; each
+            becomes a constant plane of the spacing after resizing (``x * W_orig / W``, ``y * H_orig / H``).
+            Channel order: image, maps, spacing planes; ``in_channels`` must be ``1 + num_maps + len(spacing_columns)``.
+        on_degenerate: ``error`` | ``drop``: a metadata head whose column is empty or has a single class (in the
+            training split) fails the run, or is dropped with a warning.
     """
 
     def __init__(
@@ -161,6 +246,8 @@ class ManifestDataModule(TaskDataModule):
         subset: Mapping | None = None,
         image_size: Sequence[int] = (224, 288),
         in_channels: int = 1,
+        channels: Mapping | None = None,
+        on_degenerate: str = "error",
         normalization: str = "sononet",
         augment: bool = True,
         check_images: bool = True,
@@ -183,6 +270,7 @@ class ManifestDataModule(TaskDataModule):
         split_values = None if split_values is None else plain(split_values, "split_values")
         subset = None if subset is None else plain(subset, "subset")
         image_size = plain(image_size, "image_size")
+        channels = None if channels is None else plain(channels, "channels")
 
         # ------------------------------------------------------------------------------------------- plain options
         for key, value in (("manifest", manifest), ("root", root)):
@@ -205,11 +293,24 @@ class ManifestDataModule(TaskDataModule):
                 is_int(s) and s > 0 and s % 16 == 0 for s in image_size):
             problems.append(f"image_size: must be [H, W], positive multiples of 16, got {image_size!r}")
             image_size = None
+        segmentation, spacing_columns, channel_problems = _channel_config(channels)
+        problems += channel_problems
         if not is_int(in_channels) or in_channels < 1:
             problems.append(f"in_channels: must be an integer >= 1, got {in_channels!r}")
-        elif in_channels != 1:
-            problems.append("in_channels: manifest data gives 1-channel images; SA-SonoNet channels (segmentation, "
-                            f"spacing) are not supported yet (got {in_channels})")
+        elif not channel_problems:
+            num_maps = 0 if segmentation is None else segmentation["num_maps"]
+            expected = 1 + num_maps + len(spacing_columns)
+            if in_channels != expected:
+                if expected == 1:
+                    problems.append(
+                        "in_channels: manifest data gives 1-channel images unless channels.segmentation / "
+                        f"channels.spacing_columns add SA-SonoNet channels; expected 1, got {in_channels}")
+                else:
+                    problems.append(
+                        f"in_channels: expected {expected} (1 image + {num_maps} segmentation maps + "
+                        f"{len(spacing_columns)} spacing planes from channels), got {in_channels}")
+        if on_degenerate not in ON_DEGENERATE:
+            problems.append(f"on_degenerate: must be one of {', '.join(ON_DEGENERATE)}, got {on_degenerate!r}")
         if normalization not in NORMALIZATIONS:
             problems.append(f"normalization: must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
         for key, value in (("augment", augment), ("check_images", check_images)):
@@ -306,10 +407,18 @@ class ManifestDataModule(TaskDataModule):
         if target_spec.column in table.header and target_spec.classes is not None:
             table, class_problems = _keep_classes(table, target_spec)
             problems += class_problems
-        problems += [_keyed(p, table.path) for p in validate_manifest(
-            table, root=root, image_column=image_column, image_pattern=image_pattern, target=target_spec,
-            metadata=heads, group_column=group_column, split_column=split_column, split_values=split_values,
-            check_images=check_images)]
+        dropped: dict[str, str] = {}
+        for p in validate_manifest(
+                table, root=root, image_column=image_column, image_pattern=image_pattern, target=target_spec,
+                metadata=heads, group_column=group_column, split_column=split_column, split_values=split_values,
+                check_images=check_images):
+            head = _degenerate_head(p, heads) if on_degenerate == "drop" else None
+            if head is not None:
+                dropped.setdefault(head, p.split(f"metadata head {head!r}: ", 1)[1])
+            else:
+                problems.append(_keyed(p, table.path))
+        problems += _channel_problems(table, root, image_column, image_pattern, segmentation, spacing_columns,
+                                      check_images)
         if problems:
             raise ValueError(_message(problems))
 
@@ -349,13 +458,32 @@ class ManifestDataModule(TaskDataModule):
         labels: dict[str, list[int]] = {}
         for name, spec, key, strict in [(primary, target_spec, "target", True),
                                         *((h, s, f"metadata.{h}", False) for h, s in heads.items())]:
+            if name in dropped:
+                continue
             try:
                 task, values = encode_labels(table, spec, name=name, fit_rows=train_rows, strict=strict)
             except ValueError as err:
+                if not strict and on_degenerate == "drop":
+                    dropped[name] = str(err).splitlines()[0]
+                    continue
                 problems += [f"{key}: {line}" for line in str(err).splitlines()]
                 continue
+            if not strict and on_degenerate == "drop":
+                present = {values[i] for i in train_rows if values[i] >= 0}
+                if len(present) < 2:
+                    dropped[name] = (f"column {spec.column!r} has no values in the training split" if not present
+                                     else f"column {spec.column!r} has a single class "
+                                          f"{task.class_names[next(iter(present))]!r} in the training split")
+                    continue
             specs.append(task)
             labels[name] = values
+        for name, reason in dropped.items():
+            warnings.warn(f"data.metadata.{name}: metadata head {name!r} dropped (on_degenerate=drop): {reason}",
+                          UserWarning, stacklevel=2)
+        heads = {h: s for h, s in heads.items() if h not in dropped}
+        if subset_cfg["mode"] != "full" and subset_cfg.get("by") in dropped:
+            problems.append(f"subset.by: metadata head {subset_cfg['by']!r} was dropped as degenerate "
+                            f"({dropped[subset_cfg['by']]}); choose another head")
         if problems:
             raise ValueError(_message(problems))
 
@@ -394,13 +522,21 @@ class ManifestDataModule(TaskDataModule):
         self.labels: dict[str, list[int]] = labels
         self.paths: list[str] = [image_path(root, c, image_pattern) for c in table.column(image_column)]
         self.ids: list[str] = table.column(image_column)
+        self.dropped_heads: dict[str, str] = dropped
+        self.segmentation_sources: list[str | list[str]] | None = None if segmentation is None else [
+            segmentation_source(root, c, segmentation["pattern"], segmentation["num_maps"])
+            for c in table.column(segmentation["column"])]
+        self.spacing_values: list[tuple[float, ...]] | None = None if not spacing_columns else [
+            tuple(float(row[c]) for c in spacing_columns) for row in table.rows]
+        self.channels = {"segmentation": segmentation, "spacing_columns": spacing_columns or None}
         self._specs = specs
         self.save_hyperparameters(to_plain({
             "manifest": manifest, "root": root, "image_column": image_column, "image_pattern": image_pattern,
             "delimiter": delimiter, "target": target, "metadata": metadata, "group_column": group_column,
             "split_column": split_column, "split_values": split_values, "val_fraction": val_fraction,
             "test_fraction": test_fraction, "fold": fold, "num_folds": num_folds, "subset": subset_cfg,
-            "image_size": list(self.image_size), "in_channels": in_channels, "normalization": normalization,
+            "image_size": list(self.image_size), "in_channels": in_channels, "channels": self.channels,
+            "on_degenerate": on_degenerate, "normalization": normalization,
             "augment": augment, "check_images": check_images, "batch_size": batch_size,
             "num_workers": num_workers, "seed": seed}, "hparams"))
 
@@ -436,8 +572,12 @@ class ManifestDataModule(TaskDataModule):
     def _dataset(self, rows: Sequence[int], augment: bool) -> ManifestImageDataset:
         targets = {name: torch.tensor([values[i] for i in rows], dtype=torch.int64)
                    for name, values in self.labels.items()}
+        seg = self.segmentation_sources
+        spacing = self.spacing_values
         return ManifestImageDataset([self.paths[i] for i in rows], [self.ids[i] for i in rows], targets,
-                                    image_size=self.image_size, normalization=self.normalization, augment=augment)
+                                    image_size=self.image_size, normalization=self.normalization, augment=augment,
+                                    segmentation=None if seg is None else [seg[i] for i in rows],
+                                    spacing=None if spacing is None else [spacing[i] for i in rows])
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -492,3 +632,161 @@ def _keep_classes(table: ManifestTable, spec: ColumnSpec) -> tuple[ManifestTable
                              rows=tuple(table.rows[k] for k in keep),
                              line_numbers=tuple(table.line_numbers[k] for k in keep))
     return filtered, problems
+
+
+def _degenerate_head(problem: str, heads: Mapping[str, ColumnSpec]) -> str | None:
+    """The metadata head a validator line reports as degenerate (empty / constant / single class), else ``None``."""
+    for name in heads:
+        marker = f"metadata head {name!r}: "
+        if marker in problem and problem.split(marker, 1)[1].startswith(_DEGENERATE):
+            return name
+    return None
+
+
+def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+    """``(segmentation config with defaults or None, spacing columns, problems)`` of the ``channels`` option."""
+    problems: list[str] = []
+    if channels is None:
+        return None, [], problems
+    if not isinstance(channels, Mapping):
+        return None, [], [f"channels: must be a mapping with keys {', '.join(_CHANNEL_KEYS)}, got {channels!r}"]
+    problems += [f"channels.{k}: unknown key; valid keys: {', '.join(_CHANNEL_KEYS)}"
+                 for k in channels if k not in _CHANNEL_KEYS]
+    segmentation = None
+    seg = channels.get("segmentation")
+    if seg is not None:
+        if not isinstance(seg, Mapping):
+            problems.append("channels.segmentation: must be null or a mapping {column, num_maps, pattern}, "
+                            f"got {seg!r}")
+        else:
+            problems += [f"channels.segmentation.{k}: unknown key; valid keys: {', '.join(_SEGMENTATION_KEYS)}"
+                         for k in seg if k not in _SEGMENTATION_KEYS]
+            segmentation = {"num_maps": 5, "pattern": "{}", **seg}
+            if not isinstance(segmentation.get("column"), str) or not segmentation.get("column"):
+                problems.append("channels.segmentation.column: must be the column naming each image's maps, got "
+                                f"{segmentation.get('column')!r}")
+            if not is_int(segmentation["num_maps"]) or segmentation["num_maps"] < 1:
+                problems.append(f"channels.segmentation.num_maps: must be an integer >= 1, got "
+                                f"{segmentation['num_maps']!r}")
+            pattern = segmentation["pattern"]
+            if not isinstance(pattern, str) or "{}" not in pattern:
+                problems.append(f"channels.segmentation.pattern: must be a string containing '{{}}' (the cell), "
+                                f"got {pattern!r}")
+    spacing = channels.get("spacing_columns")
+    columns: list[str] = []
+    if spacing is not None:
+        if (isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or not 1 <= len(spacing) <= 2
+                or not all(isinstance(c, str) and c for c in spacing) or len(set(spacing)) != len(spacing)):
+            problems.append("channels.spacing_columns: must be null or a list of 1 or 2 distinct column names "
+                            f"([x, y]: mm per pixel along width, height), got {spacing!r}")
+        else:
+            columns = list(spacing)
+    return segmentation, columns, problems
+
+
+def _image_hw(path: str) -> tuple[int, int] | None:
+    """``(H, W)`` of an image file from its header, ``None`` if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except Exception:  # noqa: BLE001 -- the image checks report it
+        return None
+
+
+def _channel_problems(table: ManifestTable, root: str, image_column: str, image_pattern: str,
+                      segmentation: Mapping[str, Any] | None, spacing_columns: Sequence[str],
+                      check_images: bool) -> list[str]:
+    """Problems of the segmentation and spacing cells, one line per kind, each naming the lines and the column.
+    Files are opened (maps decoded: count, size, range) only with ``check_images``."""
+    file = table.path
+    problems: list[str] = []
+    lines = table.line_numbers
+    known = set(table.header)
+    for col in spacing_columns:
+        key = "channels.spacing_columns"
+        if col not in known:
+            problems.append(f"{key}: {column_problem(table, key, col)}")
+            continue
+        cells = table.column(col)
+        missing = [ln for ln, c in zip(lines, cells) if not c]
+        bad = [(ln, c) for ln, c in zip(lines, cells) if c and ((v := parse_float(c)) is None or v <= 0)]
+        if missing:
+            problems.append(f"{key}: " + problem_line(file, "pixel spacing missing", "fill in the spacing (mm per pixel) "
+                                                  "or remove the row", missing, col))
+        if bad:
+            problems.append(f"{key}: " + problem_line(
+                file, f"pixel spacing is not a positive number (e.g. {bad[0][1]!r})",
+                "write the spacing in mm per pixel as a number > 0", [ln for ln, _ in bad],
+                col))
+    if segmentation is None:
+        return problems
+    key = "channels.segmentation"
+    col, pattern, num_maps = segmentation["column"], segmentation["pattern"], int(segmentation["num_maps"])
+    if col not in known:
+        return problems + [f"{key}.column: {column_problem(table, f'{key}.column', col)}"]
+    root_real = os.path.realpath(os.fspath(root))
+    if not os.path.isdir(root_real):
+        return problems  # reported for the images
+    kinds: dict[str, list[int]] = {}
+    examples: dict[str, str] = {}
+
+    def note(kind: str, line: int, example: str) -> None:
+        kinds.setdefault(kind, []).append(line)
+        examples.setdefault(kind, example)
+
+    has_images = image_column in known and "{}" in image_pattern
+    for row, ln, cell in zip(table.rows, lines, table.column(col)):
+        if not cell:
+            note("missing", ln, "")
+            continue
+        relative = pattern.replace("{}", cell)
+        source = segmentation_source(root_real, cell, pattern, num_maps)
+        files = [source] if isinstance(source, str) else source
+        if not all(is_inside(f, root_real) for f in files):
+            note("outside", ln, relative)
+            continue
+        if isinstance(source, str) and not source.lower().endswith(".npy"):
+            note("format", ln, relative)
+            continue
+        absent = [f for f in files if not os.path.isfile(f)]
+        if absent:
+            note("absent", ln, os.path.relpath(absent[0], root_real))
+            continue
+        if not check_images:
+            continue
+        try:
+            maps = read_segmentation(source)
+        except Exception as e:  # noqa: BLE001 -- any failure means the loader would fail on this file
+            note("unloadable", ln, f"{relative!r}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]}")
+            continue
+        if maps.shape[0] != num_maps:
+            note("count", ln, f"{relative!r} has {maps.shape[0]}")
+            continue
+        if has_images and row.get(image_column):
+            hw = _image_hw(image_path(root_real, row[image_column], image_pattern))
+            if hw is not None and tuple(maps.shape[-2:]) != hw:
+                note("size", ln, f"{relative!r} is {tuple(maps.shape[-2:])}, its image {hw}")
+                continue
+        if not bool(torch.isfinite(maps).all()) or float(maps.min()) < 0 or float(maps.max()) > 1:
+            note("range", ln, f"{relative!r}: min {float(maps.min()):.3g}, max {float(maps.max()):.3g}")
+    texts = {
+        "missing": ("segmentation missing", "fill in the segmentation of every row"),
+        "outside": ("segmentation path leaves the data root, refused (e.g. {})", "keep the maps under root"),
+        "format": ("segmentation is neither a .npy file nor a path with '{{map}}' (e.g. {})",
+                   "give a .npy file of shape (num_maps, H, W) or one PNG per map via '{map}' in the path/pattern"),
+        "absent": (f"segmentation file not found under {root!r} (e.g. {{}})",
+                   f"check root, the cell values and channels.segmentation.pattern (now {pattern!r})"),
+        "unloadable": ("segmentation cannot be loaded ({})", "replace it with a float .npy array or valid PNGs"),
+        "count": (f"wrong number of segmentation maps, expected {num_maps} (e.g. {{}})",
+                  "store num_maps maps per image or change channels.segmentation.num_maps"),
+        "size": ("segmentation size differs from its image (e.g. {})", "store the maps at the image's size"),
+        "range": ("segmentation values outside [0, 1] ({})", "store probabilities in [0, 1]"),
+    }
+    for kind, (what, todo) in texts.items():
+        if kind in kinds:
+            what = what.format(repr(examples[kind])) if kind in ("outside", "format", "absent") else (
+                what.format(examples[kind]) if "{}" in what else what)
+            problems.append(f"{key}: " + problem_line(file, what, todo, kinds[kind], col))
+    return problems
