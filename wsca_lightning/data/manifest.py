@@ -39,10 +39,12 @@ __all__ = [
     "ColumnSpec",
     "ManifestError",
     "ManifestTable",
+    "add_dicom_columns",
     "encode_labels",
     "image_path",
     "parse_splits",
     "column_problem",
+    "is_dicom",
     "is_inside",
     "parse_float",
     "problem_line",
@@ -533,13 +535,157 @@ def validate_manifest(
     return problems
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+_PYDICOM_MISSING = "DICOM input needs pydicom: pip install 'wsca-lightning[dicom]'"
+_DICOM_KEY = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)\s*(?:\[\s*(\d+)\s*\])?\s*$")
+
+
+def _pydicom() -> Any:
+    """pydicom, imported lazily (the optional ``dicom`` extra); a clear ImportError when it is missing."""
+    try:
+        import pydicom
+    except ImportError:
+        raise ImportError(_PYDICOM_MISSING) from None
+    return pydicom
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` suffix, or the 128-byte preamble then ``DICM``."""
+    if str(path).lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom(path: str) -> torch.Tensor:
+    """A ``(1, H, W)`` float32 image in [0, 1] from a DICOM file (first frame; see :func:`read_grayscale`)."""
+    pydicom = _pydicom()
+    ds = pydicom.dcmread(path)
+    if hasattr(ds, "pixel_array_options"):  # pydicom 3: keep YBR as stored (pydicom 2 never converts)
+        ds.pixel_array_options(as_rgb=False)
+    pixels = np.asarray(ds.pixel_array)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
+        pixels = pixels[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    pixels = pixels.astype(np.float64)
+    if samples > 1 and pixels.ndim == 3:
+        if photometric.startswith("YBR"):
+            pixels = pixels[..., 0]  # Y is the luminance
+        else:
+            pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+    slope = ds.get("RescaleSlope", None)
+    intercept = ds.get("RescaleIntercept", None)
+    slope = 1.0 if slope in (None, "") else float(slope)
+    intercept = 0.0 if intercept in (None, "") else float(intercept)
+    rescaled = slope != 1.0 or intercept != 0.0
+    if rescaled:
+        pixels = pixels * slope + intercept
+    bits = ds.get("BitsStored", None)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if not rescaled and not signed and bits and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        low, high = 0.0, float(2 ** int(bits) - 1)
+    else:
+        low, high = float(pixels.min(initial=np.inf)), float(pixels.max(initial=-np.inf))
+    if not high > low:
+        pixels = np.zeros_like(pixels)
+    else:
+        pixels = np.clip((pixels - low) / (high - low), 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0)
+
+
+def _dicom_cell(ds: Any, keyword: str, index: int | None) -> str:
+    """The element ``keyword`` (its value ``index`` when given) of a DICOM header as a string; ``""`` if absent."""
+    value = ds.get(keyword, None)
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("ascii", "replace").strip("\x00 ")
+    multi = not isinstance(value, (str, bytes, bytearray)) and isinstance(value, Sequence)
+    if index is not None:
+        if multi:
+            return str(value[index]).strip() if index < len(value) else ""
+        return str(value).strip() if index == 0 else ""
+    if multi:
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def add_dicom_columns(table: ManifestTable, dicom_columns: Mapping[str, str], *, root: str | os.PathLike,
+                      image_column: str, image_pattern: str = "{}") -> tuple[ManifestTable, list[str]]:
+    """``table`` with one new column per ``dicom_columns`` entry (new column -> DICOM keyword, optionally indexed:
+    ``PixelSpacing[1]``), each cell the header value of the row's image as a string (``""`` when the element is
+    absent or the image is not DICOM), and the config problems (``dicom_columns.<name>: ...``).
+
+    Only headers are read (``stop_before_pixels``); the table is returned unchanged when there are problems.
+    """
+    problems: list[str] = []
+    if not isinstance(dicom_columns, Mapping):
+        return table, [f"dicom_columns: must be a mapping of new column -> DICOM keyword, got {dicom_columns!r}"]
+    if not dicom_columns:
+        return table, []
+    pydicom = _pydicom()
+    from pydicom.datadict import tag_for_keyword
+
+    wanted: list[tuple[str, str, int | None]] = []
+    for name, key in dicom_columns.items():
+        if not isinstance(name, str) or not name:
+            problems.append(f"dicom_columns: column names must be non-empty strings, got {name!r}")
+            continue
+        if name in table.header:
+            problems.append(f"dicom_columns.{name}: the manifest already has a column '{name}'")
+            continue
+        match = _DICOM_KEY.match(key) if isinstance(key, str) else None
+        if match is None:
+            problems.append(f"dicom_columns.{name}: must be a DICOM keyword, optionally indexed "
+                            f"(e.g. PixelSpacing[0]), got {key!r}")
+            continue
+        if tag_for_keyword(match.group(1)) is None:
+            problems.append(f"dicom_columns.{name}: unknown DICOM keyword '{match.group(1)}'")
+            continue
+        wanted.append((name, match.group(1), None if match.group(2) is None else int(match.group(2))))
+    if problems:
+        return table, problems
+    root_real = os.path.realpath(os.fspath(root))
+    rows = []
+    for row in table.rows:
+        new = dict(row)
+        cells = dict.fromkeys((name for name, _, _ in wanted), "")
+        cell = row.get(image_column, "")
+        path = image_path(root, cell, image_pattern) if cell else ""
+        if path and is_inside(path, root_real) and os.path.isfile(path) and is_dicom(path):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # noqa: BLE001 -- an unreadable image is reported by the image checks
+                ds = None
+            if ds is not None:
+                for name, keyword, index in wanted:
+                    cells[name] = _dicom_cell(ds, keyword, index)
+        new.update(cells)
+        rows.append(new)
+    header = table.header + tuple(name for name, _, _ in wanted)
+    return ManifestTable(path=table.path, delimiter=table.delimiter, header=header, rows=tuple(rows),
+                         line_numbers=table.line_numbers), []
+
+
 def read_grayscale(path: str) -> torch.Tensor:
     """A ``(1, H, W)`` float32 image in [0, 1] from a PNG/JPEG/TIFF file: 8-bit, 16-bit or 32-bit-float grayscale,
-    or colour converted to luminance.
+    or colour converted to luminance; or from a DICOM file (``.dcm``/``.dicom`` or the ``DICM`` magic; needs the
+    optional ``dicom`` extra, pydicom): the first frame, RescaleSlope/Intercept applied, MONOCHROME1 inverted,
+    colour to luminance, scaled by the BitsStored range (unsigned, not rescaled) or else the image's min/max.
 
-    Pillow (a torchvision dependency) decodes it: it reads 16-bit and TIFF files, which torchvision's own decoders
-    (deprecated since torchvision 0.29) do not all cover.
+    Pillow (a torchvision dependency) decodes the others: it reads 16-bit and TIFF files, which torchvision's own
+    decoders (deprecated since torchvision 0.29) do not all cover.
     """
+    if is_dicom(path):
+        return _read_dicom(path)
     from PIL import Image
 
     with Image.open(path) as im:

@@ -35,12 +35,14 @@ from wsca_lightning.data.manifest import (
     ColumnSpec,
     ManifestError,
     ManifestTable,
+    add_dicom_columns,
     column_problem,
     is_inside,
     parse_float,
     problem_line,
     encode_labels,
     image_path,
+    is_dicom,
     parse_splits,
     read_grayscale,
     read_manifest,
@@ -222,6 +224,10 @@ class ManifestDataModule(TaskDataModule):
             size, or a path containing ``{map}`` (replaced by 0..num_maps-1) of one 8/16-bit grayscale PNG per map.
             ``spacing_columns``: ``[x, y]`` (or ``[x]``) columns holding mm per pixel of the original image; each
             becomes a constant plane of the spacing after resizing (``x * W_orig / W``, ``y * H_orig / H``).
+        dicom_columns: ``{new column: DICOM keyword}`` (optionally indexed, ``PixelSpacing[1]``; needs the ``dicom``
+            extra): before validation each row gets the value from its image's DICOM header as a string cell (``""``
+            when absent or not DICOM), usable in ``target``/``metadata``/``channels.spacing_columns`` like any column.
+            Images themselves may be DICOM (``.dcm``/``.dicom`` or the ``DICM`` magic) without this option.
             Channel order: image, maps, spacing planes; ``in_channels`` must be ``1 + num_maps + len(spacing_columns)``.
         on_degenerate: ``error`` | ``drop``: a metadata head whose column is empty or has a single class (in the
             training split) fails the run, or is dropped with a warning.
@@ -254,6 +260,7 @@ class ManifestDataModule(TaskDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        dicom_columns: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         problems: list[str] = []
@@ -271,6 +278,7 @@ class ManifestDataModule(TaskDataModule):
         subset = None if subset is None else plain(subset, "subset")
         image_size = plain(image_size, "image_size")
         channels = None if channels is None else plain(channels, "channels")
+        dicom_columns = None if dicom_columns is None else plain(dicom_columns, "dicom_columns")
 
         # ------------------------------------------------------------------------------------------- plain options
         for key, value in (("manifest", manifest), ("root", root)):
@@ -404,6 +412,11 @@ class ManifestDataModule(TaskDataModule):
             table = read_manifest(manifest, delimiter)
         except ManifestError as err:
             raise ValueError(_message([f"manifest: {p}" for p in err.problems])) from None
+        if dicom_columns is not None and isinstance(image_column, str) and isinstance(image_pattern, str):
+            table, dicom_problems = add_dicom_columns(table, dicom_columns, root=root, image_column=image_column,
+                                                      image_pattern=image_pattern)
+            if dicom_problems:
+                raise ValueError(_message(dicom_problems))
         if target_spec.column in table.header and target_spec.classes is not None:
             table, class_problems = _keep_classes(table, target_spec)
             problems += class_problems
@@ -538,7 +551,7 @@ class ManifestDataModule(TaskDataModule):
             "image_size": list(self.image_size), "in_channels": in_channels, "channels": self.channels,
             "on_degenerate": on_degenerate, "normalization": normalization,
             "augment": augment, "check_images": check_images, "batch_size": batch_size,
-            "num_workers": num_workers, "seed": seed}, "hparams"))
+            "num_workers": num_workers, "seed": seed, "dicom_columns": dicom_columns}, "hparams"))
 
         self.input_shape: tuple[int, int, int] = (int(in_channels), *self.image_size)
         self.primary_task: str = primary
@@ -685,10 +698,12 @@ def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], li
 
 
 def _image_hw(path: str) -> tuple[int, int] | None:
-    """``(H, W)`` of an image file from its header, ``None`` if unreadable."""
-    from PIL import Image
-
+    """``(H, W)`` of an image file (from the header for Pillow formats), ``None`` if unreadable."""
     try:
+        if is_dicom(path):
+            return tuple(read_grayscale(path).shape[1:])  # type: ignore[return-value]
+        from PIL import Image
+
         with Image.open(path) as im:
             return int(im.size[1]), int(im.size[0])
     except Exception:  # noqa: BLE001 -- the image checks report it
