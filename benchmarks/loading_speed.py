@@ -5,7 +5,7 @@ temporary folder, then measures side by side in one run:
 
 * ``loader``: images/s of the training DataLoader of :class:`ManifestDataModule` at ``--size`` (decode with Pillow,
   antialiased resize, augmentation, normalisation), for each ``--workers`` setting, one full pass after a warm-up
-  batch;
+  batch; and with ``cache_images`` (0 workers), the second pass, where only augmentation and normalisation remain;
 * ``model``: images/s of SonoNet training steps (forward, backward, AdamW step) of :class:`MultiHeadModule` at the
   same size and batch size, on random inputs, after a warm-up step.
 
@@ -51,15 +51,20 @@ def write_images(folder: Path, count: int, seed: int = 0) -> Path:
     return manifest
 
 
-def loader_images_per_second(manifest: Path, root: Path, size: list[int], workers: int, batch: int) -> float:
+def loader_images_per_second(manifest: Path, root: Path, size: list[int], workers: int, batch: int,
+                             cache: bool = False) -> float:
+    """Training-loader images/s over one pass; with ``cache``, the second pass (images already decoded)."""
     datamodule = ManifestDataModule(
         manifest=str(manifest), root=str(root), target={"column": "label", "type": "categorical"},
         metadata={"scanner": {"column": "scanner", "type": "categorical"}}, group_column="patient",
         val_fraction=0.1, test_fraction=0.0, image_size=size, batch_size=batch, num_workers=workers, augment=True,
-        check_images=False,
+        check_images=False, cache_images=cache,
     )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
+    if cache:
+        for _ in loader:  # the first pass fills the cache
+            pass
     iterator = iter(loader)
     next(iterator)  # warm-up: worker start-up is paid once per run, not per image
     start, images = time.perf_counter(), 0
@@ -104,6 +109,7 @@ def main() -> None:
     try:
         manifest = write_images(folder, args.images)
         loader = {w: loader_images_per_second(manifest, folder, args.size, w, args.batch) for w in args.workers}
+        cached = loader_images_per_second(manifest, folder, args.size, 0, args.batch, cache=True)
         model = model_images_per_second(args.backbone, args.size, args.batch, args.steps)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -115,6 +121,7 @@ def main() -> None:
         "settings": {"images": args.images, "size": args.size, "batch": args.batch, "backbone": args.backbone,
                      "source_size": [300, 400]},
         "loader_images_per_second": {str(w): v for w, v in loader.items()},
+        "loader_images_per_second_cached_0_workers": cached,
         "model_train_images_per_second": model,
         "ratio_loader_over_model": {str(w): v / model for w, v in loader.items()},
     }
@@ -123,6 +130,7 @@ def main() -> None:
     print(f"model ({args.backbone}, {args.size[0]}x{args.size[1]}, batch {args.batch}): {model:.1f} train images/s")
     for w, v in loader.items():
         print(f"loader, {w} workers: {v:.1f} images/s -> ratio {v / model:.1f}")
+    print(f"loader, 0 workers, cache_images (second pass): {cached:.1f} images/s -> ratio {cached / model:.1f}")
     print(f"written to {RESULTS}")
 
 

@@ -228,3 +228,24 @@ def test_bad_manifest_input_names_the_key(generic, fetal, tmp_path):
     assert "data.image_size:" in str(err.value)
     assert not (tmp_path / "r1" / "checkpoints").exists()
     assert os.listdir(root) == ["img"]
+
+
+def test_cache_images_decodes_each_image_once_and_shares_it_with_the_wsc_view(generic, tmp_path):
+    import shutil
+
+    from wsca_lightning.data import ManifestDataModule
+
+    csv, root = generic
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)  # this test deletes files: never in the shared fixture's folder
+    common = dict(manifest=str(csv), root=str(copy), group_column="patient", image_size=[32, 48], check_images=False)
+    cached = ManifestDataModule(**common, cache_images=True)
+    plain = ManifestDataModule(**common)
+    for dm in (cached, plain):
+        dm.setup("fit")
+    first = cached.train_dataset.without_augmentation()[0]["image"]
+    os.remove(cached.train_dataset.paths[0])
+    assert torch.equal(cached.train_dataset.without_augmentation()[0]["image"], first)  # from memory
+    assert cached.train_dataset[0]["image"].shape == first.shape  # the augmented view reads the same cache
+    with pytest.raises(FileNotFoundError):
+        plain.train_dataset[0]

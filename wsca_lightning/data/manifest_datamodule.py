@@ -137,7 +137,8 @@ class ManifestImageDataset(Dataset):
     def __init__(self, paths: Sequence[str], ids: Sequence[str], targets: Mapping[str, Tensor], *,
                  image_size: Sequence[int], normalization: str, augment: bool,
                  segmentation: Sequence[str | Sequence[str]] | None = None,
-                 spacing: Sequence[Sequence[float]] | None = None) -> None:
+                 spacing: Sequence[Sequence[float]] | None = None, cache: bool = False,
+                 _decoded: dict[int, tuple[Tensor, tuple[int, int], Tensor | None]] | None = None) -> None:
         self.paths = list(paths)
         self.ids = list(ids)
         self._targets = {name: t.to(torch.int64) for name, t in targets.items()}
@@ -146,6 +147,9 @@ class ManifestImageDataset(Dataset):
         self.augment = augment
         self.segmentation = None if segmentation is None else list(segmentation)
         self.spacing = None if spacing is None else [tuple(float(v) for v in row) for row in spacing]
+        self.cache = cache
+        # decoded, resized image and maps per row (before augmentation); shared with without_augmentation()
+        self._decoded: dict[int, tuple[Tensor, tuple[int, int], Tensor | None]] = {} if _decoded is None else _decoded
         self._geometric = self._intensity = None
         if augment:
             from torchvision.transforms import v2
@@ -161,14 +165,25 @@ class ManifestImageDataset(Dataset):
     def targets(self) -> dict[str, Tensor]:
         return dict(self._targets)
 
-    def input(self, i: int) -> Tensor:
+    def _decode(self, i: int) -> tuple[Tensor, tuple[int, int], Tensor | None]:
+        """Row ``i``'s resized image, its original ``(H, W)`` and resized maps; kept in memory with ``cache``."""
+        if i in self._decoded:
+            return self._decoded[i]
         from torchvision.transforms.v2 import functional as F
 
-        image, (h0, w0) = _load_image(self.paths[i], self.image_size)
+        image, size = _load_image(self.paths[i], self.image_size)
         maps = None
         if self.segmentation is not None:
             maps = F.resize(read_segmentation(self.segmentation[i]), list(self.image_size), antialias=True)
             maps = maps.clamp_(0.0, 1.0)
+        if self.cache:
+            self._decoded[i] = (image, size, maps)
+        return image, size, maps
+
+    def input(self, i: int) -> Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        image, (h0, w0), maps = self._decode(i)
         if self._geometric is not None:
             stacked = image if maps is None else torch.cat([image, maps], dim=0)
             stacked = self._geometric(stacked)
@@ -199,7 +214,8 @@ class ManifestImageDataset(Dataset):
             return self
         return ManifestImageDataset(self.paths, self.ids, self._targets, image_size=self.image_size,
                                     normalization=self.normalization, augment=False,
-                                    segmentation=self.segmentation, spacing=self.spacing)
+                                    segmentation=self.segmentation, spacing=self.spacing, cache=self.cache,
+                                    _decoded=self._decoded)
 
 
 class ManifestDataModule(TaskDataModule):
@@ -227,6 +243,9 @@ class ManifestDataModule(TaskDataModule):
         dicom_columns: ``{new column: DICOM keyword}`` (optionally indexed, ``PixelSpacing[1]``; needs the ``dicom``
             extra): before validation each row gets the value from its image's DICOM header as a string cell (``""``
             when absent or not DICOM), usable in ``target``/``metadata``/``channels.spacing_columns`` like any column.
+        cache_images: keep every decoded, resized image (and maps) in memory after its first read, before
+            augmentation (``4 * H * W`` bytes per image and channel; per DataLoader worker process): for small
+            datasets whose decoding would otherwise be repeated every epoch.
             Images themselves may be DICOM (``.dcm``/``.dicom`` or the ``DICM`` magic) without this option.
             Channel order: image, maps, spacing planes; ``in_channels`` must be ``1 + num_maps + len(spacing_columns)``.
         on_degenerate: ``error`` | ``drop``: a metadata head whose column is empty or has a single class (in the
@@ -261,6 +280,7 @@ class ManifestDataModule(TaskDataModule):
         num_workers: int = 0,
         seed: int = 0,
         dicom_columns: Mapping[str, str] | None = None,
+        cache_images: bool = False,
     ) -> None:
         super().__init__()
         problems: list[str] = []
@@ -321,7 +341,7 @@ class ManifestDataModule(TaskDataModule):
             problems.append(f"on_degenerate: must be one of {', '.join(ON_DEGENERATE)}, got {on_degenerate!r}")
         if normalization not in NORMALIZATIONS:
             problems.append(f"normalization: must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
-        for key, value in (("augment", augment), ("check_images", check_images)):
+        for key, value in (("augment", augment), ("check_images", check_images), ("cache_images", cache_images)):
             if not isinstance(value, bool):
                 problems.append(f"{key}: must be true or false, got {value!r}")
         for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
@@ -551,7 +571,9 @@ class ManifestDataModule(TaskDataModule):
             "image_size": list(self.image_size), "in_channels": in_channels, "channels": self.channels,
             "on_degenerate": on_degenerate, "normalization": normalization,
             "augment": augment, "check_images": check_images, "batch_size": batch_size,
-            "num_workers": num_workers, "seed": seed, "dicom_columns": dicom_columns}, "hparams"))
+            "num_workers": num_workers, "seed": seed, "dicom_columns": dicom_columns,
+            "cache_images": cache_images}, "hparams"))
+        self.cache_images = cache_images
 
         self.input_shape: tuple[int, int, int] = (int(in_channels), *self.image_size)
         self.primary_task: str = primary
@@ -590,7 +612,8 @@ class ManifestDataModule(TaskDataModule):
         return ManifestImageDataset([self.paths[i] for i in rows], [self.ids[i] for i in rows], targets,
                                     image_size=self.image_size, normalization=self.normalization, augment=augment,
                                     segmentation=None if seg is None else [seg[i] for i in rows],
-                                    spacing=None if spacing is None else [spacing[i] for i in rows])
+                                    spacing=None if spacing is None else [spacing[i] for i in rows],
+                                    cache=self.cache_images)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
