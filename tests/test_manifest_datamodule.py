@@ -118,6 +118,17 @@ def test_generic_manifest_trains_with_wsc_for_every_metadata_head(generic, tmp_p
     with pytest.raises(ValueError, match="task specs differ"):
         other.setup("fit")
 
+    # post hoc on the same manifest: the checkpoint's label spaces are re-derived and checked, then analysed
+    from wsca_lightning.cli.analyze import analyze
+
+    analysis_overrides = [o.replace("callbacks.wsc.", "wsc.") for o in _generic_overrides(csv, root)
+                          if not o.startswith("trainer.")]
+    posthoc = analyze(compose_train_config(tmp_path / "posthoc", [
+        *analysis_overrides, f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "wsc.num_permutations=20",
+        "wsc.save_plots=false"], config_name="analyze"))["summary"]
+    assert set(posthoc["tasks"]) == {"scanner", "spacing", "site"} and posthoc["protocol"] == "probe_refit"
+    assert _snapshot(root) == before
+
 
 # --------------------------------------------------------------------------------------------- FETAL_PLANES_DB
 
