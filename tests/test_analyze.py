@@ -176,3 +176,10 @@ def test_python_api_reports_missing_labels_by_batch_and_task():
     batches = [(torch.randn(10, 4), {"plane": torch.zeros(10, dtype=torch.long)})]
     with pytest.raises(ValueError, match="batch 0: labels have no entry for task 'site'"):
         analyze_model(backbone, head, batches, primary="plane", class_names={"plane": ["a", "b"], "site": ["x", "y"]})
+
+
+def test_python_api_refuses_an_empty_batch_iterable_and_restores_the_mode():
+    backbone, head = nn.Linear(4, 6), nn.Linear(6, 2)
+    with pytest.raises(ValueError, match="batches is empty: nothing to embed"):
+        analyze_model(backbone, head, [], primary="plane", class_names={"plane": ["a", "b"], "site": ["x", "y"]})
+    assert backbone.training

@@ -20,7 +20,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from wsca_lightning.summary import HEATMAP_FILENAME, SUMMARY_FILENAME, TABLE_FILENAME, analysis_entry, write_json, write_table
+from wsca_lightning.callbacks.wsc import embed_batches
+from wsca_lightning.summary import (
+    HEATMAP_FILENAME,
+    SUMMARY_FILENAME,
+    TABLE_FILENAME,
+    analysis_entry,
+    write_json,
+    write_table,
+)
 from wsca_lightning.wsc import AnalysisSettings, analyze_embeddings
 
 
@@ -44,7 +52,8 @@ def load_checkpoint_module(path: str | os.PathLike[str]) -> tuple[Any, dict[str,
         if "weights_only" in str(err) or "Weights only" in str(err):
             raise CheckpointError(
                 f"checkpoint: {path} holds Python objects that torch.load(weights_only=True) refuses to build "
-                f"(unpickling them could run code); re-save it with plain tensors and values.\n  {str(err).splitlines()[0]}"
+                "(unpickling them could run code); re-save it with plain tensors and values.\n  "
+                + str(err).splitlines()[0]
             ) from err
         raise CheckpointError(f"checkpoint: {path} is not a PyTorch checkpoint ({err})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
@@ -125,24 +134,18 @@ def analyze_model(
     if device is None:
         first = next(iter(backbone.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    was_training = backbone.training
-    backbone.eval()
-    chunks: list[Tensor] = []
-    labels: dict[str, list[Tensor]] = {t: [] for t in [primary, *tasks]}
-    try:
-        with torch.inference_mode():
-            for i, (images, batch_labels) in enumerate(batches):
-                chunks.append(backbone(images.to(device)).flatten(1).float().cpu())
-                for t in labels:
-                    if t not in batch_labels:
-                        raise ValueError(f"batch {i}: labels have no entry for task {t!r} (got {sorted(batch_labels)})")
-                    labels[t].append(torch.as_tensor(batch_labels[t]).to(torch.int64).cpu())
-    finally:
-        backbone.train(was_training)
-    if not chunks:
-        raise ValueError("batches is empty: nothing to embed")
-    embeddings = torch.cat(chunks)
-    stacked = {t: torch.cat(v) for t, v in labels.items()}
+    names = [primary, *tasks]
+
+    def labels_of(numbered: tuple[int, tuple[Tensor, Mapping[str, Tensor]]]) -> dict[str, Tensor]:
+        i, (_, batch_labels) = numbered
+        for t in names:
+            if t not in batch_labels:
+                raise ValueError(f"batch {i}: labels have no entry for task {t!r} (got {sorted(batch_labels)})")
+        return {t: torch.as_tensor(batch_labels[t]).cpu() for t in names}
+
+    subset = embed_batches(backbone, enumerate(batches),
+                           lambda numbered: backbone(numbered[1][0].to(device)).flatten(1).cpu(), labels_of)
+    embeddings, stacked = subset.embeddings, subset.targets
     primary_weight = _as_weight(primary_head, "primary_head").cpu()
     analysis = analyze_embeddings(
         embeddings,

@@ -172,8 +172,9 @@ def format_summary(summary: Mapping[str, Any], alpha: float = 0.05) -> str:
         ci = probe["auroc_ci"]
         auroc = f"{num(probe['auroc'], '.3f')} [{num(ci[0], '.2f')}, {num(ci[1], '.2f')}]"
         deconfounded = (task.get("deconfounded") or {}).get("max_abs")
-        lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{num(null.get('p'), '.3f'):>8}{num(null.get('q95'), '.3f'):>9}"
-                     f"{auroc:>22}{num(deconfounded, '.3f'):>9}  {verdict(task, alpha)}")
+        lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{num(null.get('p'), '.3f'):>8}"
+                     f"{num(null.get('q95'), '.3f'):>9}{auroc:>22}{num(deconfounded, '.3f'):>9}"
+                     f"  {verdict(task, alpha)}")
     lines.append(f"significant: max|WSC| beyond the permutation null (p < {alpha}) of an encoded task (probe AUROC "
                  "interval above 0.5): the primary head shares that metadata's directions.")
     return "\n".join(lines)

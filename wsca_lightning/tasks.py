@@ -79,7 +79,8 @@ def spec_differences(
     """Every way ``actual`` task specs (dicts) fail to reproduce ``expected`` ones, one line per problem.
 
     A model's heads are tied to its label spaces: a different class order, vocabulary or bin edge would silently
-    relabel a head. ``actual`` may hold extra tasks when ``allow_extra``; bin edges compare with a relative tolerance of 1e-9.
+    relabel a head. ``actual`` may hold extra tasks when ``allow_extra``; bin edges compare with a relative tolerance
+    of 1e-9.
     """
     have = {str(s["name"]): s for s in actual}
     problems = []

@@ -34,7 +34,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -107,6 +107,34 @@ class EmbeddedSubset:
     targets: dict[str, Tensor] = field(default_factory=dict)
 
 
+def embed_batches(
+    module: torch.nn.Module,
+    batches: Iterable[Any],
+    embed: Callable[[Any], Tensor],
+    targets: Callable[[Any], Mapping[str, Any]],
+) -> EmbeddedSubset:
+    """``embed(batch)`` and ``targets(batch)`` of every batch with ``module`` in eval mode and no gradients.
+
+    The module's train/eval state is restored afterwards, also when a batch fails. Embeddings are float32;
+    labels int64 (``-1`` = missing).
+    """
+    was_training = module.training
+    module.eval()
+    chunks: list[Tensor] = []
+    labels: dict[str, list[Tensor]] = {}
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                chunks.append(embed(batch).float())
+                for name, values in targets(batch).items():
+                    labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64))
+    finally:
+        module.train(was_training)
+    if not chunks:
+        raise ValueError("batches is empty: nothing to embed")
+    return EmbeddedSubset(torch.cat(chunks), {name: torch.cat(parts) for name, parts in labels.items()})
+
+
 def embed_dataset(
     module: SupportsWSC,
     dataset: Dataset,
@@ -116,28 +144,14 @@ def embed_dataset(
     collate_fn: Any = None,
     to_device: Callable[[Any], Any] | None = None,
 ) -> EmbeddedSubset:
-    """Embeddings and labels of ``dataset[indices]`` with the module in eval mode, no gradients.
-
-    The module's train/eval state is restored afterwards. ``to_device`` moves a collated batch to the module's
-    device (the trainer's strategy does it inside the callback).
+    """Embeddings and labels of ``dataset[indices]`` through the module's ``wsc_embed`` / ``wsc_targets``
+    (:func:`embed_batches`). ``to_device`` moves a collated batch to the module's device (the trainer's strategy
+    does it inside the callback).
     """
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
                         collate_fn=collate_fn)
-    was_training = module.training
-    module.eval()
-    chunks: list[Tensor] = []
-    targets: dict[str, list[Tensor]] = {}
-    try:
-        with torch.inference_mode():
-            for batch in loader:
-                if to_device is not None:
-                    batch = to_device(batch)
-                chunks.append(module.wsc_embed(batch).float())
-                for name, labels in module.wsc_targets(batch).items():
-                    targets.setdefault(name, []).append(torch.as_tensor(labels).to(torch.int64))
-    finally:
-        module.train(was_training)
-    return EmbeddedSubset(torch.cat(chunks), {name: torch.cat(parts) for name, parts in targets.items()})
+    batches = loader if to_device is None else (to_device(batch) for batch in loader)
+    return embed_batches(module, batches, module.wsc_embed, module.wsc_targets)  # type: ignore[arg-type]
 
 
 def analysis_view(dataset: Dataset) -> Dataset:
@@ -409,7 +423,6 @@ class WeightSpaceCorrelation(Callback):
                 f"WeightSpaceCorrelation embeds the dataset of a single training DataLoader; got "
                 f"{type(loader).__name__}. Use evaluate() with the dataset to analyse directly."
             )
-        self.check_module(pl_module)
         dataset = analysis_view(loader.dataset)
         subset = embed_dataset(
             pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,

@@ -30,7 +30,9 @@ SPLITS = ("train", "val")
 
 
 def analyze(cfg: DictConfig) -> dict[str, Any]:
-    """Run the post-hoc analysis; returns ``{"summary", "paths"}``. Every problem is a ``ConfigError`` naming its key."""
+    """Run the post-hoc analysis; returns ``{"summary", "paths"}``.
+
+    Every problem is a ``ConfigError`` naming its key."""
     if cfg.get("split") not in SPLITS:
         raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {cfg.get('split')!r}")
     if OmegaConf.is_missing(cfg, "checkpoint"):

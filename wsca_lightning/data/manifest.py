@@ -184,20 +184,23 @@ class ManifestTable:
         return [row.get(name, "") for row in self.rows]
 
 
+def _capped(items: Sequence[str], separator: str = ", ", limit: int = _SHOWN) -> str:
+    """The first ``limit`` items joined, then ``and N more``: a problem about 40,000 rows stays one readable line."""
+    shown = separator.join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
 def _lines(numbers: Sequence[int]) -> str:
     """``line 3`` / ``lines 3, 7, 12, 15, 20 and 40 more`` (line numbers of the file, header = line 1)."""
     numbers = list(numbers)
     if len(numbers) == 1:
         return f"line {numbers[0]}"
-    shown = ", ".join(str(n) for n in numbers[:_SHOWN])
-    return f"lines {shown}" + (f" and {len(numbers) - _SHOWN} more" if len(numbers) > _SHOWN else "")
+    return "lines " + _capped([str(n) for n in numbers])
 
 
 def _values(values: Sequence[str]) -> str:
     """``'a', 'b'`` capped like :func:`_lines`."""
-    values = list(values)
-    shown = ", ".join(repr(v) for v in values[:_SHOWN])
-    return shown + (f" and {len(values) - _SHOWN} more" if len(values) > _SHOWN else "")
+    return _capped([repr(v) for v in values])
 
 
 def problem_line(file: str, what: str, todo: str, lines: Sequence[int] = (), column: str | None = None) -> str:
@@ -239,14 +242,14 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ManifestError([problem_line(file, "not UTF-8 text", "save the spreadsheet as 'CSV UTF-8'",
-                                      lines=[line])]) from None
+                                          lines=[line])]) from None
     if not text.strip():
         raise ManifestError([f"{file}: the file is empty: it needs a header line naming the columns, then one row "
                              "per image"])
     first = text.splitlines()[0]
     if not first.strip():
         raise ManifestError([problem_line(file, "no header (line 1 is blank)",
-                                      "put the column names on the first line", lines=[1])])
+                                          "put the column names on the first line", lines=[1])])
     delim = delimiter if delimiter is not None else _detect_delimiter(first)
 
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
@@ -258,12 +261,13 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
                 records.append((start, cells))
             start = reader.line_num + 1
     except csv.Error as e:
-        raise ManifestError([problem_line(file, f"malformed CSV ({e})",
-                                      "fix the quoting on that line (an unclosed '\"' swallows the rest of the file)",
-                                      lines=[reader.line_num])]) from None
+        raise ManifestError([problem_line(
+            file, f"malformed CSV ({e})",
+            "fix the quoting on that line (an unclosed '\"' swallows the rest of the file)",
+            lines=[reader.line_num])]) from None
     if not records or records[0][0] != 1:
         raise ManifestError([problem_line(file, "no header (line 1 holds no column names)",
-                                      "put the column names on the first line", lines=[1])])
+                                          "put the column names on the first line", lines=[1])])
     header_line, header_cells = records[0]
     header = tuple(header_cells)
     problems: list[str] = []
@@ -271,7 +275,7 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     duplicates = sorted({n for n in names if n and names.count(n) > 1})
     if duplicates:
         problems.append(problem_line(file, f"repeated column name(s) {_values(duplicates)} in the header",
-                                 "give every column a distinct name", lines=[header_line]))
+                                     "give every column a distinct name", lines=[header_line]))
     unnamed = [i for i, n in enumerate(names) if not n]
 
     more: list[int] = []
@@ -303,7 +307,7 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     if unnamed_used:
         problems.append(problem_line(file, f"cells under a column with no name (column(s) "
                                        f"{', '.join(str(i + 1) for i in unnamed)})", lines=unnamed_used,
-                                 todo="give that column a name in the header"))
+                                     todo="give that column a name in the header"))
     if problems:
         raise ManifestError(problems)
     return ManifestTable(path=file, delimiter=delim, header=header, rows=tuple(rows), line_numbers=tuple(line_numbers))
@@ -337,8 +341,7 @@ def parse_splits(table: ManifestTable, split_column: str,
 def column_problem(table: ManifestTable, role: str, name: Any) -> str:
     """The problem line for a config key (``role``) naming a column that is not in the header, with a hint."""
     file = table.path
-    available = ", ".join(repr(h) for h in table.header[:40]) + (
-        f" and {len(table.header) - 40} more" if len(table.header) > 40 else "")
+    available = _capped([repr(h) for h in table.header], limit=40)
     if not isinstance(name, str):
         return f"{file}: {role} must be a column name, got {name!r}; available columns: {available}"
     near = [h for h in table.header if h.strip().lower() == name.strip().lower()]
@@ -382,10 +385,10 @@ def validate_manifest(
 
     Each line reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
-    ``root``, exist, are not repeated and (``check_images``) decode (:func:`read_grayscale`); target cells are present and
-    give a binary/categorical label space; continuous metadata parse as numbers (empty = missing); no metadata column
-    is empty or constant; split cells (after ``split_values``) are train/val/test; group cells are present and no
-    group spans two splits. Only reads files.
+    ``root``, exist, are not repeated and (``check_images``) decode (:func:`read_grayscale`); target cells are
+    present and give a binary/categorical label space; continuous metadata parse as numbers (empty = missing); no
+    metadata column is empty or constant; split cells (after ``split_values``) are train/val/test; group cells are
+    present and no group spans two splits. Only reads files.
     """
     file = table.path
     problems: list[str] = []
@@ -441,7 +444,7 @@ def validate_manifest(
                      f"{{{values[0]!r}: 'train'}}"))
         if not missing and not unknown and "train" not in splits:
             problems.append(problem_line(file, "no row is in the train split", column=split_column,
-                                     todo="label vocabularies and bin edges are fitted on train rows; mark some "
+                                         todo="label vocabularies and bin edges are fitted on train rows; mark some "
                                           "rows train (or map them with split_values)"))
 
     # --- images
@@ -480,7 +483,7 @@ def validate_manifest(
                         examples.setdefault("undecodable", f"{cell!r}: {error}")
             if empty:
                 problems.append(problem_line(file, "image path missing", "fill in the image or remove the row",
-                                         empty, image_column))
+                                             empty, image_column))
             if outside:
                 problems.append(problem_line(
                     file, f"image path leaves the data root {root_str!r}, refused (e.g. {examples['outside']!r})",
@@ -498,8 +501,7 @@ def validate_manifest(
                     file, f"image cannot be decoded (e.g. {examples['undecodable']})",
                     "replace the file with a valid PNG/JPEG or remove the row", undecodable, image_column))
             if repeated:
-                shown = "; ".join(repeated[:_SHOWN]) + (f" and {len(repeated) - _SHOWN} more"
-                                                        if len(repeated) > _SHOWN else "")
+                shown = _capped(repeated, separator="; ")
                 problems.append(problem_line(
                     file, f"the same image is listed more than once (line {shown})",
                     "keep one row per image (a repeated image inflates its weight and can leak across splits)",
@@ -521,15 +523,14 @@ def validate_manifest(
         missing = [ln for ln, g in zip(lines, groups) if not g]
         if missing:
             problems.append(problem_line(file, "group missing", "fill in the group (e.g. patient id) of every row",
-                                     missing, group_column))
+                                         missing, group_column))
         if splits is not None:
             several = groups_in_several_parts(splits, groups)
             leaks = sorted(several, key=_natural_key)
             if leaks:
-                described = [f"{g!r} ({', '.join(several[g])})" for g in leaks[:_SHOWN]]
-                more = f" and {len(leaks) - _SHOWN} more" if len(leaks) > _SHOWN else ""
+                described = _capped([f"{g!r} ({', '.join(several[g])})" for g in leaks])
                 problems.append(problem_line(
-                    file, f"{len(leaks)} group(s) in more than one split: {', '.join(described)}{more}",
+                    file, f"{len(leaks)} group(s) in more than one split: {described}",
                     f"put all rows of a group in one split (else evaluation leaks), using column {split_column!r}",
                     column=group_column))
     return problems
@@ -727,20 +728,21 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
             comma = [c for _, c in bad if parse_float(c.replace(",", ".")) is not None]
             hint = f" (decimal commas such as {comma[0]!r}? write {comma[0].replace(',', '.')!r})" if comma else ""
             problems.append(problem_line(
-                file, f"{role}: not a number ({_values(sorted({c for _, c in bad}))}){hint}", lines=[ln for ln, _ in bad],
-                column=column, todo="write a number, or leave the cell empty for missing"))
+                file, f"{role}: not a number ({_values(sorted({c for _, c in bad}))}){hint}",
+                lines=[ln for ln, _ in bad], column=column, todo="write a number, or leave the cell empty for missing"))
         values = {v for c in cells if c and (v := parse_float(c)) is not None}
         train = ({v for c, s in zip(cells, splits) if s == "train" and c and (v := parse_float(c)) is not None}
                  if splits is not None and "train" in splits else None)
         if not values:
             problems.append(problem_line(file, f"{role}: the column has no values", column=column,
-                                     todo="fill it in or drop this head"))
+                                         todo="fill it in or drop this head"))
         elif len(values) == 1:
             problems.append(problem_line(file, f"{role}: every value is {next(iter(values))!r}", column=column,
-                                     todo="a constant cannot be binned; drop this head"))
+                                         todo="a constant cannot be binned; drop this head"))
         elif train is not None and len(train) < 2:
-            problems.append(problem_line(file, f"{role}: fewer than 2 distinct values in the train split", column=column,
-                                     todo="bin edges are fitted on train rows; drop this head or change the split"))
+            problems.append(problem_line(
+                file, f"{role}: fewer than 2 distinct values in the train split", column=column,
+                todo="bin edges are fitted on train rows; drop this head or change the split"))
         return problems
 
     # binary / categorical: any non-empty string is a class
@@ -764,12 +766,13 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
             f" among classes {list(spec.classes)}" if spec.classes is not None else ""), column=column,
             todo="fill it in" + ("" if is_target else " or drop this head")))
     elif len(present) == 1:
-        problems.append(problem_line(file, f"{role}: a single class {present[0]!r}", column=column,
-                                 todo="a head needs at least 2 classes" + ("" if is_target else "; drop this head")))
+        problems.append(problem_line(
+            file, f"{role}: a single class {present[0]!r}", column=column,
+            todo="a head needs at least 2 classes" + ("" if is_target else "; drop this head")))
     elif expected is not None and len(present) != expected:
         problems.append(problem_line(file, f"{role}: binary needs exactly 2 classes, found {len(present)} "
                                        f"({_values(present)})", column=column,
-                                 todo="declare type categorical, or keep two with classes: [a, b]"))
+                                     todo="declare type categorical, or keep two with classes: [a, b]"))
     elif is_target and splits is not None and spec.classes is None and "train" in splits:
         train = {c for c, s in zip(kept, splits) if c and s == "train"}
         unseen = [(ln, c) for ln, c, s in zip(lines, kept, splits) if c and s is not None and c not in train]
@@ -814,13 +817,13 @@ def encode_labels(
         unparsable = [ln for ln, c, v in zip(lines, cells, values) if c and v is None]
         if unparsable:
             raise ValueError(problem_line(file, f"{name}: not a number", "write a number or leave the cell empty",
-                                      unparsable, spec.column))
+                                          unparsable, spec.column))
         tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         try:
             edges = fit_bin_edges(tensor[fit], spec.num_bins, spec.binning)  # type: ignore[arg-type]
         except ValueError as e:
             raise ValueError(problem_line(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
-                                      todo="drop this head or use fewer bins")) from None
+                                          todo="drop this head or use fewer bins")) from None
         labels = [int(x) for x in digitize(tensor, edges)]
         task = TaskSpec(name=name, kind="continuous", class_names=tuple(bin_names(edges)),
                         bin_edges=tuple(float(e) for e in edges))
@@ -838,7 +841,7 @@ def encode_labels(
         task = TaskSpec(name=name, kind=spec.type, class_names=vocabulary)  # type: ignore[arg-type]
     except ValueError as e:
         raise ValueError(problem_line(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
-                                  todo="check the column and the split")) from None
+                                      todo="check the column and the split")) from None
     index = {c: k for k, c in enumerate(vocabulary)}
     labels = [index.get(c, IGNORE_INDEX) for c in cells]
     if strict:
@@ -849,7 +852,7 @@ def encode_labels(
             problems.append(problem_line(file, f"{name}: missing value", "fill it in", missing, spec.column))
         if unseen:
             problems.append(problem_line(file, f"{name}: value(s) not among the classes {list(vocabulary)}",
-                                     "fix the labels or the split", unseen, spec.column))
+                                         "fix the labels or the split", unseen, spec.column))
         if problems:
             raise ValueError("\n".join(problems))
     return task, labels

@@ -751,8 +751,8 @@ def _channel_problems(table: ManifestTable, root: str, image_column: str, image_
         missing = [ln for ln, c in zip(lines, cells) if not c]
         bad = [(ln, c) for ln, c in zip(lines, cells) if c and ((v := parse_float(c)) is None or v <= 0)]
         if missing:
-            problems.append(f"{key}: " + problem_line(file, "pixel spacing missing", "fill in the spacing (mm per pixel) "
-                                                  "or remove the row", missing, col))
+            problems.append(f"{key}: " + problem_line(
+                file, "pixel spacing missing", "fill in the spacing (mm per pixel) or remove the row", missing, col))
         if bad:
             problems.append(f"{key}: " + problem_line(
                 file, f"pixel spacing is not a positive number (e.g. {bad[0][1]!r})",

@@ -353,7 +353,9 @@ def select_subset(
                 f"{mode} needs {want} (lower subset.{key})"
             )
     if short:
-        raise ValueError(f"subset: {len(short)} of {len(cells)} cells are too small for mode={mode}:\n" + "\n".join(short))
+        raise ValueError(
+            f"subset: {len(short)} of {len(cells)} cells are too small for mode={mode}:\n" + "\n".join(short)
+        )
     generator = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
     for (i, j), rows in cells.items():

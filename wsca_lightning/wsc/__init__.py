@@ -1,9 +1,10 @@
 """The pure WSC core: tensors in, tensors out.
 
 Binning of continuous metadata, the PCA projection fitted on training embeddings, the weight space correlation
-between linear heads, batched linear probes with their quality metrics, the permutation null, and the engine that combines them into one analysis (significance, encodability
-gate, deconfounded probes). Only torch and the standard library are imported here (no Lightning, Hydra or OmegaConf), so
-the numbers can be tested and reused outside any training loop.
+between linear heads, batched linear probes with their quality metrics, the permutation null, and the engine that
+combines them into one analysis (significance, encodability gate, deconfounded probes). Only torch and the standard
+library are imported here (no Lightning, Hydra or OmegaConf), so the numbers can be tested and reused outside any
+training loop.
 """
 
 from .analysis import TaskCorrelation, WSCResult, compute_wsc

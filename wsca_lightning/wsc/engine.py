@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -35,7 +35,14 @@ from torch import Tensor
 
 from .analysis import TaskCorrelation, plain_float
 from .null import NullResult, null_result, permutation_null
-from .probes import ProbeFit, balanced_accuracy, bootstrap_auroc_ci, fit_linear_probes, independence_weights, macro_auroc
+from .probes import (
+    ProbeFit,
+    balanced_accuracy,
+    bootstrap_auroc_ci,
+    fit_linear_probes,
+    independence_weights,
+    macro_auroc,
+)
 from .projection import PCAProjection, fit_pca_projection
 from .similarity import cosine_matrix, identifiable_rows, intra_inter_cosines, summarize
 
@@ -379,7 +386,7 @@ def analyze_embeddings(
         if null is not None and (source == "head" or diverged):
             null = null_result(correlation.summary.max_abs, null.null)
             if diverged:  # NaN >= nothing: the +1 formula would call a diverged head maximally significant
-                null = NullResult(null.observed, null.null, math.nan, math.nan, null.num_permutations)
+                null = replace(null, z=math.nan, p=math.nan)
         identifiable = None
         if primary_k.shape[0] == 2 or task_k.shape[0] == 2:
             identifiable = TaskCorrelation.between(identifiable_rows(primary_k), identifiable_rows(task_k),
@@ -396,8 +403,7 @@ def analyze_embeddings(
             source=source,
             correlation=correlation,
             identifiable=identifiable,
-            null=None if null is None else NullResult(null.observed, null.null, null.z, null.p,
-                                                      null.num_permutations),  # drop the B probes: memory
+            null=None if null is None else replace(null, fit=None),  # drop the B probes: memory
             probe=quality,
             interpretable=reason is None,
             reason=reason,
@@ -441,8 +447,7 @@ def _deconfounded(
         if settings.num_permutations >= 2:
             null = permutation_null(features, y, primary_k, num_classes, num_permutations=settings.num_permutations,
                                     seed=seed + 1, sample_weight=weights, **probe_kwargs)
-            return Deconfounded(null.observed, NullResult(null.observed, null.null, null.z, null.p,
-                                                          null.num_permutations))
+            return Deconfounded(null.observed, replace(null, fit=None))
         fit = fit_linear_probes(features, y, num_classes, sample_weight=weights, **probe_kwargs)
     except ValueError as err:
         return Deconfounded(None, reason=f"deconfounded probe cannot be fit: {err}")

@@ -83,11 +83,12 @@ def permutation_null(
 ) -> NullResult:
     """Observed max |cos(primary row, probe row)| and its null from ``num_permutations`` label permutations.
 
-    ``features`` ``(N, k)``: the projected training embeddings (:meth:`PCAProjection.project_embeddings`); ``labels`` ``(N,)`` (int, -1 =
-    missing); ``primary_weight`` ``(C_A, k)``: the projected primary head. Labels are permuted among the valid rows
-    only (missing rows stay missing, class counts are kept) with a ``torch.Generator`` seeded by ``seed`` on the
-    CPU, so the null is identical for the same seed on any device. ``probe_kwargs`` go to ``fit_linear_probes``; a
-    ``sample_weight`` ``(N,)`` stays attached to its row (it describes the sample, not the label).
+    ``features`` ``(N, k)``: the projected training embeddings (:meth:`PCAProjection.project_embeddings`);
+    ``labels`` ``(N,)`` (int, -1 = missing); ``primary_weight`` ``(C_A, k)``: the projected primary head. Labels are
+    permuted among the valid rows only (missing rows stay missing, class counts are kept) with a ``torch.Generator``
+    seeded by ``seed`` on the CPU, so the null is identical for the same seed on any device. ``probe_kwargs`` go to
+    ``fit_linear_probes``; a ``sample_weight`` ``(N,)`` stays attached to its row (it describes the sample, not the
+    label).
     """
     if isinstance(num_permutations, bool) or not isinstance(num_permutations, int) or num_permutations < 2:
         raise ValueError(f"num_permutations must be an integer >= 2 (std of the null), got {num_permutations!r}")
