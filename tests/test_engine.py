@@ -571,3 +571,34 @@ def test_a_diverged_primary_head_leaves_a_strict_json_summary_and_no_verdict(wor
     assert out["task"]["null"]["p"] is None
     assert out["task"]["deconfounded"]["max_abs"] is None and "primary head" in out["task"]["deconfounded"]["reason"]
     assert out["reference"]["inter"]["mean"] is None and None in out["reference"]["inter"]["values"]
+
+
+# --- k sensitivity (paper §3.5) --------------------------------------------------------------------------------
+
+
+def test_k_sweep_at_the_analysis_k_equals_the_reported_value_and_drops_k_beyond_the_span(world):
+    labels, num_classes, heads = _main_inputs(world)
+    keep = ["aligned", "noise", "scanner"]
+    k_values = (4, 10, 20, DIM, 1000)  # DIM = 32 = the span of 360 rows; 1000 is beyond it
+    analysis = analyze_embeddings(
+        world["z"], world["primary"], {k: labels[k] for k in keep}, {k: num_classes[k] for k in keep},
+        head_weights={k: heads[k] for k in ("aligned", "noise")},
+        settings=AnalysisSettings(num_permutations=0, k_min=20, var_threshold=0.5, k_values=k_values, **FAST),
+    )
+    assert analysis.projection.k == 20
+    sweep = analysis.k_sweep
+    assert sweep["k"] == [4, 10, 20, DIM]
+    assert set(sweep["max_abs"]) == set(keep)
+    for name in ("aligned", "noise"):  # trained heads: at k = 20 exactly the analysis's own value
+        assert sweep["max_abs"][name][2] == pytest.approx(analysis.tasks[name].correlation.summary.max_abs, abs=1e-12)
+        # at k = d the projection is a rotation: the unprojected value
+        assert sweep["max_abs"][name][3] == pytest.approx(analysis.tasks[name].to_dict()["unprojected"]["max_abs"],
+                                                          abs=1e-9)
+    assert sweep["max_abs"]["aligned"][2] > 0.9 > max(sweep["max_abs"]["noise"])
+    assert json.dumps(sweep, allow_nan=False)
+
+
+def test_k_values_are_validated():
+    assert any(p.startswith("k_values:") for p in AnalysisSettings(k_values=(0, 5)).problems())
+    assert any(p.startswith("k_values:") for p in AnalysisSettings(k_values=[5]).problems())
+    assert AnalysisSettings(k_values=(5, 10)).to_dict()["k_values"] == [5, 10]

@@ -201,6 +201,16 @@ def test_fetal_planes_preset_splits_and_subsets(fetal, tmp_path):
     _, biased = _fetal(fetal, tmp_path / "c", "+data.subset={mode:biased,by:scanner,major:8,minor:2}")
     assert _cells(biased) == {(i, j): 8 if j == i % 3 else 2 for i in range(4) for j in range(3)}
 
+    # the validation split subset the same way (val: cell sizes); without it validation is used whole
+    assert biased.val_indices == dm.val_indices
+    _, matched = _fetal(fetal, tmp_path / "v", "+data.subset={mode:balanced,by:scanner,per_cell:5,val:{per_cell:1}}")
+    val_cells: dict[tuple[int, int], int] = {}
+    for i in matched.val_indices:
+        key = (matched.labels["plane"][i], matched.labels["scanner"][i])
+        val_cells[key] = val_cells.get(key, 0) + 1
+    assert val_cells == {(i, j): 1 for i in range(4) for j in range(3)}
+    assert set(matched.val_indices) < set(dm.val_indices)
+
     _, whole = _fetal(fetal, tmp_path / "d", "+data.subset={mode:full}")
     assert whole.train_indices == full == dm.full_train_indices
 

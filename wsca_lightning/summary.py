@@ -53,6 +53,7 @@ def analysis_entry(
         "settings": analysis.settings.to_dict(),
         "tasks": tasks,
         "reference": analysis.reference_dict(),
+        **({"k_sweep": analysis.k_sweep} if analysis.k_sweep is not None else {}),
     }
 
 

@@ -183,8 +183,9 @@ class WeightSpaceCorrelation(Callback):
         batch_size: batch size of the embedding pass.
         every_n_epochs: compute every n-th epoch (the last epoch is always computed).
         k_min, var_threshold, num_permutations, holdout_fraction, l2, max_iter, tol, num_bootstrap, ci_level,
-            auroc_floor, deconfound, seed: the analysis (:class:`wsca_lightning.wsc.AnalysisSettings`); ``seed``
-            also draws the subset.
+            auroc_floor, deconfound, seed, k_values: the analysis (:class:`wsca_lightning.wsc.AnalysisSettings`);
+            ``seed`` also draws the subset; ``k_values`` adds max |WSC| at those projection sizes (``k_sweep`` in
+            the summary, the paper's Fig. 4).
         alarm: ``{"tasks": [...], "action": "warn"|"stop", "alpha": 0.05, "patience": 3}`` (:class:`AlarmSettings`).
         dirpath: where files go (default ``<trainer.default_root_dir>/wsc``).
         save_matrices: write the per-epoch ``.npz`` files.
@@ -210,6 +211,7 @@ class WeightSpaceCorrelation(Callback):
         auroc_floor: float = 0.5,
         deconfound: bool = True,
         seed: int = 0,
+        k_values: Sequence[int] = (),
         alarm: Mapping[str, Any] | None = None,
         dirpath: str | None = None,
         save_matrices: bool = True,
@@ -228,6 +230,7 @@ class WeightSpaceCorrelation(Callback):
             k_min=k_min, var_threshold=var_threshold, num_permutations=num_permutations,
             holdout_fraction=holdout_fraction, l2=l2, max_iter=max_iter, tol=tol, num_bootstrap=num_bootstrap,
             ci_level=ci_level, auroc_floor=auroc_floor, deconfound=deconfound, seed=seed,
+            k_values=tuple(k_values) if isinstance(k_values, Sequence) and not isinstance(k_values, str) else k_values,
         )
         problems += self.settings.problems()
         if not problems:

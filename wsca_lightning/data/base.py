@@ -13,12 +13,55 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsca_lightning.tasks import TaskSpec, spec_differences
 
-__all__ = ["TaskDataModule", "labelled_item"]
+__all__ = ["GeneratedImageDataset", "TaskDataModule", "integer_problems", "labelled_item"]
 
 
 def labelled_item(image: Tensor, targets: Mapping[str, Tensor], ids: Sequence[Any], i: int) -> dict[str, Any]:
     """Item ``i`` of a labelled image dataset: the image, one label per task (``-1`` = missing), its id and index."""
     return {"image": image, "targets": {name: value[i] for name, value in targets.items()}, "id": ids[i], "index": i}
+
+
+def integer_problems(limits: Sequence[tuple[str, Any, int]]) -> list[str]:
+    """``"<key>: must be an integer >= <minimum>, got ..."`` for each ``(key, value, minimum)`` that fails."""
+    return [f"{key}: must be an integer >= {minimum}, got {value!r}" for key, value, minimum in limits
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum]
+
+
+class GeneratedImageDataset(Dataset):
+    """Base of the in-memory generated datasets (built-in cervix scans, Fashion-MNIST scans): ``ids``, the per-task
+    labels the datamodule installs with :meth:`set_targets`, and items built from :meth:`input`."""
+
+    ids: list[str]
+    _targets: dict[str, Tensor]
+
+    def input(self, i: int) -> Tensor:
+        """The model input of sample ``i``, ``(C, H, W)`` float32."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_targets(self, targets: Mapping[str, Tensor]) -> None:
+        """Install the per-task labels (int64, shape (n,), ``-1`` = missing) that items will carry."""
+        n = len(self)
+        checked: dict[str, Tensor] = {}
+        for name, value in targets.items():
+            if value.shape != (n,) or value.dtype != torch.int64:
+                raise ValueError(
+                    f"target {name!r}: expected int64 of shape ({n},), got {value.dtype} {tuple(value.shape)}"
+                )
+            checked[name] = value.cpu()
+        self._targets = checked
+
+    @property
+    def targets(self) -> dict[str, Tensor]:
+        return dict(self._targets)
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        return labelled_item(self.input(i), self._targets, self.ids, i)
 
 
 class TaskDataModule(L.LightningDataModule):

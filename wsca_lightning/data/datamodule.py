@@ -16,24 +16,38 @@ one ``ValueError`` (one line per problem, prefixed with its key path in the data
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from wsca_lightning.data.base import TaskDataModule
+from wsca_lightning.data.base import TaskDataModule, integer_problems
+from wsca_lightning.data.splits import check_subset_config, configured_subset
 from wsca_lightning.data.synthetic import (
+    PRETERM_CLASSES,
     RISK_CLASSES,
     SYNTHETIC_COLUMNS,
     SyntheticUltrasoundDataset,
     check_synthetic_options,
+    column_classes,
+    sample_metadata,
+    split_generator,
 )
 from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.tasks import TASK_KINDS, TaskSpec
 from wsca_lightning.wsc.binning import BINNING_METHODS, bin_names, digitize, fit_bin_edges
 
-__all__ = ["DEFAULT_METADATA", "DEFAULT_TARGET", "SyntheticUltrasoundDataModule", "validate_task_config"]
+__all__ = [
+    "DEFAULT_METADATA",
+    "DEFAULT_TARGET",
+    "SyntheticUltrasoundDataModule",
+    "pool_labels",
+    "split_labels",
+    "subset_rows",
+    "validate_task_config",
+]
 
 DEFAULT_TARGET: dict[str, Any] = {"column": "risk", "type": "categorical"}
 DEFAULT_METADATA: dict[str, dict[str, Any]] = {
@@ -53,7 +67,8 @@ def _bad_name(name: object) -> bool:
 
 
 def _check_head(
-    path: str, head: Any, class_counts: Mapping[str, int | None], valid_keys: tuple[str, ...]
+    path: str, head: Any, class_counts: Mapping[str, int | None], valid_keys: tuple[str, ...],
+    columns: Mapping[str, str] = SYNTHETIC_COLUMNS,
 ) -> tuple[list[str], dict[str, Any] | None]:
     """Validate one head config; returns (errors, normalised head with defaults filled, or None if unusable)."""
     if not isinstance(head, Mapping):
@@ -69,13 +84,13 @@ def _check_head(
     column_kind: str | None = None
     if column is None:
         errors.append(f"{path}: a {'target' if path == 'target' else 'metadata head'} needs a 'column'")
-    elif not isinstance(column, str) or column not in SYNTHETIC_COLUMNS:
+    elif not isinstance(column, str) or column not in columns:
         errors.append(
             f"{path}.column: {column!r} is not a column of the built-in dataset; "
-            f"available: {', '.join(SYNTHETIC_COLUMNS)}"
+            f"available: {', '.join(columns)}"
         )
     else:
-        column_kind = SYNTHETIC_COLUMNS[column]
+        column_kind = columns[column]
     if kind is None:
         kind = column_kind  # the column's own kind is the only sensible default
     elif kind not in TASK_KINDS:
@@ -117,19 +132,27 @@ def _check_head(
 
 
 def validate_task_config(
-    target: Mapping | None, metadata: Mapping[str, Mapping] | None, class_counts: Mapping[str, int | None]
+    target: Mapping | None,
+    metadata: Mapping[str, Mapping] | None,
+    class_counts: Mapping[str, int | None],
+    *,
+    columns: Mapping[str, str] = SYNTHETIC_COLUMNS,
+    default_target: Mapping[str, Any] = DEFAULT_TARGET,
+    default_metadata: Mapping[str, Mapping[str, Any]] = DEFAULT_METADATA,
 ) -> tuple[list[str], dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """Check the target and metadata heads against the synthetic columns.
+    """Check the target and metadata heads against a dataset's ``columns`` (name -> kind; default the synthetic
+    columns, with their default target and heads).
 
     Returns ``(errors, target, metadata)`` with defaults filled in and everything converted to plain Python; the
-    target gains its task ``name``. ``class_counts`` maps categorical columns to their number of classes (None when
+    target gains its task ``name``. A head set to ``None`` is left out (Hydra merges configs and cannot delete a
+    default head, so ``data.metadata.<head>=null`` is how an experiment or a command line removes one). ``class_counts`` maps categorical columns to their number of classes (None when
     unknown because the option defining it is itself invalid).
     """
     errors: list[str] = []
-    target = copy.deepcopy(DEFAULT_TARGET) if target is None else to_plain(target, "target")
-    metadata = copy.deepcopy(DEFAULT_METADATA) if metadata is None else to_plain(metadata, "metadata")
+    target = copy.deepcopy(dict(default_target)) if target is None else to_plain(target, "target")
+    metadata = copy.deepcopy(to_plain(default_metadata)) if metadata is None else to_plain(metadata, "metadata")
 
-    target_errors, target_head = _check_head("target", target, class_counts, _TARGET_KEYS)
+    target_errors, target_head = _check_head("target", target, class_counts, _TARGET_KEYS, columns)
     errors += target_errors
     primary_name: str | None = None
     if isinstance(target, Mapping):
@@ -146,12 +169,14 @@ def validate_task_config(
         metadata = {}
     for name, head in metadata.items():
         path = f"metadata.{name}"
+        if head is None:  # drops a head of the defaults: data.metadata.hospital=null (configs merge, never delete)
+            continue
         if _bad_name(name):
             errors.append(f"{path}: head name {name!r} must be a non-empty string without '/' or '.'")
             continue
         if name == primary_name:
             errors.append(f"{path}: head name {name!r} is already the primary task's name")
-        head_errors, checked = _check_head(path, head, class_counts, _HEAD_KEYS)
+        head_errors, checked = _check_head(path, head, class_counts, _HEAD_KEYS, columns)
         errors += head_errors
         if isinstance(head, Mapping) and target_head is not None and head.get("column") == target_head["column"]:
             errors.append(
@@ -161,6 +186,58 @@ def validate_task_config(
         if checked is not None:
             heads[name] = checked
     return errors, target_head, heads
+
+
+def pool_labels(
+    heads: Sequence[tuple[str, Mapping[str, Any]]],
+    pool: Mapping[str, Tensor],
+    classes: Callable[[str], Sequence[str]],
+    primary: str,
+) -> tuple[list[TaskSpec], dict[str, Tensor]]:
+    """Task specs and labels of a generated training pool: categorical columns keep their codes (class names from
+    ``classes(column)``), continuous ones are binned with edges fitted on the whole pool, so every subset drawn from
+    it (full / balanced / biased) shares the same label spaces. ``heads`` is ``[(task, head config), ...]``, primary
+    first."""
+    specs: list[TaskSpec] = []
+    targets: dict[str, Tensor] = {}
+    for name, head in heads:
+        column = head["column"]
+        if head["type"] == "continuous":
+            try:
+                edges = fit_bin_edges(pool[column], head["bins"], head["binning"])
+            except ValueError as err:
+                path = "target" if name == primary else f"metadata.{name}"
+                raise ValueError(f"{path}: cannot bin column {column!r} on the training split: {err}") from err
+            specs.append(TaskSpec(name, "continuous", tuple(bin_names(edges)), tuple(float(e) for e in edges)))
+            targets[name] = digitize(pool[column], edges)
+        else:
+            specs.append(TaskSpec(name, head["type"], tuple(classes(column))))
+            targets[name] = pool[column].to(torch.int64)
+    return specs, targets
+
+
+def split_labels(
+    heads: Sequence[tuple[str, Mapping[str, Any]]], specs: Sequence[TaskSpec], columns: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Labels of another split (validation) in the label spaces :func:`pool_labels` fitted on the training pool."""
+    out: dict[str, Tensor] = {}
+    for spec, (name, head) in zip(specs, heads):
+        values = columns[head["column"]]
+        out[name] = (digitize(values, torch.tensor(spec.bin_edges, dtype=torch.float64))
+                     if head["type"] == "continuous" else values.to(torch.int64))
+    return out
+
+
+def subset_rows(
+    subset: Mapping[str, Any], specs: Sequence[TaskSpec], targets: Mapping[str, Tensor], part: str = "train"
+) -> list[int] | None:
+    """The pool rows of the configured subset of one split (:func:`~wsca_lightning.data.splits.configured_subset`;
+    the primary task is ``specs[0]``), or None when the split is used whole."""
+    if subset["mode"] == "full":
+        return None
+    by_spec = next(spec for spec in specs if spec.name == subset["by"])
+    return configured_subset(subset, targets[specs[0].name].tolist(), targets[by_spec.name].tolist(), part=part,
+                             primary_names=list(specs[0].class_names), by_names=list(by_spec.class_names))
 
 
 class SyntheticUltrasoundDataModule(TaskDataModule):
@@ -176,6 +253,11 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         target: the primary head, ``{"column", "type", ["bins", "binning"], ["name"]}``; default ``risk``.
         metadata: ``{head name: {"column", "type", ["bins", "binning"]}}``; default :data:`DEFAULT_METADATA`;
             ``{}`` for the primary head only.
+        subset: the paper's training subsets (§3.4), ``{mode: full|balanced|biased, by: <metadata head>, per_cell,
+            major, minor, seed}`` (:func:`~wsca_lightning.data.splits.select_subset`): ``num_train`` is then the pool
+            the cells are drawn from (its metadata is drawn, only the chosen rows are rendered) and bin edges are
+            fitted on the whole pool, so full/balanced/biased runs share their label spaces. ``null`` = full. With
+            ``val: {per_cell, major, minor}`` the validation split (pool ``num_val``) is subset the same way.
         batch_size, num_workers: DataLoader options.
 
     After ``__init__``: :attr:`input_shape`, :attr:`primary_task`. After :meth:`setup`: :attr:`task_specs`,
@@ -195,6 +277,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         normalization: str = "sononet",
         target: Mapping | None = None,
         metadata: Mapping[str, Mapping] | None = None,
+        subset: Mapping | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
@@ -214,22 +297,19 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
             "normalization": normalization,
         }
         errors = check_synthetic_options(**options)
-        for key, value, minimum in (
-            ("num_train", num_train, 1),
-            ("num_val", num_val, 1),
-            ("batch_size", batch_size, 1),
-            ("num_workers", num_workers, 0),
-            ("seed", seed, 0),
-        ):
-            if not is_int(value) or value < minimum:
-                errors.append(f"{key}: must be an integer >= {minimum}, got {value!r}")
+        errors += integer_problems((("num_train", num_train, 1), ("num_val", num_val, 1), ("batch_size", batch_size, 1),
+                                    ("num_workers", num_workers, 0), ("seed", seed, 0)))
         class_counts: dict[str, int | None] = {
             "risk": len(RISK_CLASSES),
             "scanner": num_scanners if not any(e.startswith("num_scanners:") for e in errors) else None,
             "hospital": num_hospitals if not any(e.startswith("num_hospitals:") for e in errors) else None,
+            "preterm": len(PRETERM_CLASSES),
         }
         task_errors, target_head, heads = validate_task_config(target, metadata, class_counts)
         errors += task_errors
+        subset = None if subset is None else to_plain(subset, "subset")
+        subset_errors, subset_config = check_subset_config(subset, list(heads), seed if is_int(seed) else 0)
+        errors += subset_errors
         if errors:
             raise ValueError(
                 "invalid synthetic data config (" + f"{len(errors)} problem{'s' * (len(errors) > 1)}):\n  "
@@ -243,6 +323,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         self.dataset_options: dict[str, Any] = {**options, "image_size": self.image_size}
         self.target: dict[str, Any] = target_head
         self.metadata: dict[str, dict[str, Any]] = heads
+        self.subset: dict[str, Any] = subset_config
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -255,6 +336,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
                     **self.dataset_options,
                     "target": target_head,
                     "metadata": heads,
+                    "subset": subset_config,
                     "batch_size": batch_size,
                     "num_workers": num_workers,
                     "seed": seed,
@@ -274,30 +356,25 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return  # idempotent: render once per process
-        train = SyntheticUltrasoundDataset("train", self.num_train, **self.dataset_options, seed=self.seed)
-        val = SyntheticUltrasoundDataset("val", self.num_val, **self.dataset_options, seed=self.seed)
-
-        specs: list[TaskSpec] = []
-        train_targets: dict[str, Tensor] = {}
-        val_targets: dict[str, Tensor] = {}
-        for name, head in self._heads():
-            column = head["column"]
-            if head["type"] == "continuous":
-                try:
-                    edges = fit_bin_edges(train.columns[column], head["bins"], head["binning"])
-                except ValueError as err:
-                    path = "target" if name == self.primary_task else f"metadata.{name}"
-                    raise ValueError(f"{path}: cannot bin column {column!r} on the training split: {err}") from err
-                spec = TaskSpec(name, "continuous", tuple(bin_names(edges)), tuple(float(e) for e in edges))
-                train_targets[name] = digitize(train.columns[column], edges)
-                val_targets[name] = digitize(val.columns[column], edges)
-            else:
-                spec = TaskSpec(name, head["type"], tuple(train.column_classes(column)))
-                train_targets[name] = train.columns[column].to(torch.int64)
-                val_targets[name] = val.columns[column].to(torch.int64)
-            specs.append(spec)
-        train.set_targets(train_targets)
-        val.set_targets(val_targets)
+        pool_options = {key: self.dataset_options[key] for key in ("num_scanners", "num_hospitals", "missing_fraction")}
+        pool_options["image_size"] = self.image_size
+        # the training pool: its labels fix the label spaces, its subset is what gets rendered
+        pool = sample_metadata(self.num_train, shortcut_strength=self.dataset_options["shortcut_strength"],
+                               **pool_options, generator=split_generator(self.seed, "train"))
+        classes = partial(column_classes, num_scanners=self.dataset_options["num_scanners"],
+                          num_hospitals=self.dataset_options["num_hospitals"])
+        specs, pool_targets = pool_labels(self._heads(), pool, classes, self.primary_task)
+        rows = subset_rows(self.subset, specs, pool_targets)
+        # validation is never associated (the dataset draws it with shortcut_strength 0)
+        val_pool = sample_metadata(self.num_val, shortcut_strength=0.0, **pool_options,
+                                   generator=split_generator(self.seed, "val"))
+        val_targets = split_labels(self._heads(), specs, val_pool)
+        val_rows = subset_rows(self.subset, specs, val_targets, part="val")
+        train = SyntheticUltrasoundDataset("train", self.num_train, **self.dataset_options, seed=self.seed, rows=rows)
+        val = SyntheticUltrasoundDataset("val", self.num_val, **self.dataset_options, seed=self.seed, rows=val_rows)
+        for dataset, targets in ((train, pool_targets), (val, val_targets)):
+            index = torch.tensor(dataset.rows, dtype=torch.int64)
+            dataset.set_targets({name: value[index] for name, value in targets.items()})
 
         self.train_dataset, self.val_dataset = train, val
         self._set_task_specs(specs)

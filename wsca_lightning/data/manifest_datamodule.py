@@ -49,12 +49,12 @@ from wsca_lightning.data.manifest import (
     validate_manifest,
 )
 from wsca_lightning.data.splits import (
-    SUBSET_MODES,
     carve_validation,
+    check_subset_config,
+    configured_subset,
     check_group_disjoint,
     group_kfold,
     group_split,
-    select_subset,
 )
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.plain import is_int, to_plain
@@ -63,7 +63,6 @@ from wsca_lightning.tasks import TaskSpec
 __all__ = ["ManifestDataModule", "ManifestImageDataset", "load_image"]
 
 DEFAULT_TARGET: dict[str, Any] = {"column": "label", "type": "categorical"}
-_SUBSET_KEYS: tuple[str, ...] = ("mode", "by", "per_cell", "major", "minor", "seed")
 _GAMMA_RANGE = (0.8, 1.25)
 _CHANNEL_KEYS: tuple[str, ...] = ("segmentation", "spacing_columns")
 _SEGMENTATION_KEYS: tuple[str, ...] = ("column", "num_maps", "pattern")
@@ -232,7 +231,9 @@ class ManifestDataModule(TaskDataModule):
         split_column, split_values: an official split (values mapped by ``split_values`` first); without val rows a
             grouped ``val_fraction`` of train becomes val. Without a split column: a grouped, stratified split.
         fold, num_folds: k-fold cross-validation over the non-test rows (``fold`` = the val fold).
-        subset: ``{mode: full|balanced|biased, by: <metadata head>, per_cell, major, minor, seed}`` on train only.
+        subset: ``{mode: full|balanced|biased, by: <metadata head>, per_cell, major, minor, seed, val}`` on train;
+            with ``val: {per_cell, major, minor}`` also on the validation split (paper: one test split per
+            sub-dataset), else validation is used whole.
         image_size, in_channels, normalization, augment, check_images, batch_size, num_workers, seed.
         channels: SA-SonoNet's extra input channels, ``{segmentation, spacing_columns}`` (both ``None`` = the image
             only). ``segmentation``: ``{column, num_maps: 5, pattern: "{}"}``; the cell formatted into ``pattern``
@@ -403,26 +404,8 @@ class ManifestDataModule(TaskDataModule):
                                 "head must use another column")
 
         # ------------------------------------------------------------------------------------------- subset
-        subset_cfg: dict[str, Any] = {"mode": "full"}
-        if subset is not None:
-            if not isinstance(subset, Mapping):
-                problems.append(f"subset: must be a mapping with keys {', '.join(_SUBSET_KEYS)}, got {subset!r}")
-            else:
-                problems += [f"subset.{k}: unknown key; valid keys: {', '.join(_SUBSET_KEYS)}"
-                             for k in subset if k not in _SUBSET_KEYS]
-                subset_cfg = {"mode": "full", "per_cell": 300, "major": 700, "minor": 150, "seed": seed,
-                              **{k: v for k, v in subset.items() if k in _SUBSET_KEYS}}
-                mode = subset_cfg["mode"]
-                if mode not in SUBSET_MODES:
-                    problems.append(f"subset.mode: must be one of {', '.join(SUBSET_MODES)}, got {mode!r}")
-                elif mode != "full":
-                    by = subset_cfg.get("by")
-                    if by not in metadata:
-                        problems.append(f"subset.by: {mode} subsets need a metadata head name; got {by!r}, "
-                                        f"heads: {', '.join(map(str, metadata)) or 'none'}")
-                for key in ("per_cell", "major", "minor", "seed"):
-                    if not is_int(subset_cfg[key]) or subset_cfg[key] < 0:
-                        problems.append(f"subset.{key}: must be an integer >= 0, got {subset_cfg[key]!r}")
+        subset_problems, subset_cfg = check_subset_config(subset, list(metadata or {}), seed)
+        problems += subset_problems
         if problems:
             raise ValueError(_message(problems))
         assert target_spec is not None and primary is not None and image_size is not None
@@ -521,19 +504,21 @@ class ManifestDataModule(TaskDataModule):
             raise ValueError(_message(problems))
 
         # ------------------------------------------------------------------------------------------- subset
-        selected = train_rows
+        selected, val_selected = train_rows, val_rows
         if subset_cfg["mode"] != "full":
-            by = subset_cfg["by"]
-            by_spec = next(s for s in specs if s.name == by)
-            try:
-                chosen = select_subset(
-                    [labels[primary][i] for i in train_rows], [labels[by][i] for i in train_rows],
-                    mode=subset_cfg["mode"], per_cell=subset_cfg["per_cell"], major=subset_cfg["major"],
-                    minor=subset_cfg["minor"], seed=subset_cfg["seed"], primary_names=list(specs[0].class_names),
-                    by_names=list(by_spec.class_names))
-            except ValueError as err:
-                raise ValueError(_message([line.rstrip(":") for line in str(err).splitlines()])) from None
-            selected = [train_rows[k] for k in chosen]
+            by_spec = next(s for s in specs if s.name == subset_cfg["by"])
+            for part, part_rows in (("train", train_rows), ("val", val_rows)):
+                try:
+                    chosen = configured_subset(
+                        subset_cfg, [labels[primary][i] for i in part_rows],
+                        [labels[by_spec.name][i] for i in part_rows], part=part,
+                        primary_names=list(specs[0].class_names), by_names=list(by_spec.class_names))
+                except ValueError as err:
+                    raise ValueError(_message([line.rstrip(":") for line in str(err).splitlines()])) from None
+                if chosen is not None and part == "train":
+                    selected = [part_rows[k] for k in chosen]
+                elif chosen is not None:
+                    val_selected = [part_rows[k] for k in chosen]
 
         self.manifest = manifest
         self.root = root
@@ -550,7 +535,7 @@ class ManifestDataModule(TaskDataModule):
         self.splits: list[str] = list(splits)
         self.full_train_indices: list[int] = train_rows
         self.train_indices: list[int] = selected
-        self.val_indices: list[int] = val_rows
+        self.val_indices: list[int] = val_selected
         self.test_indices: list[int] = test_rows
         self.labels: dict[str, list[int]] = labels
         self.paths: list[str] = [image_path(root, c, image_pattern) for c in table.column(image_column)]

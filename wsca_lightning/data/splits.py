@@ -18,14 +18,22 @@ import torch
 
 SPLIT_NAMES = ("train", "val", "test")
 SUBSET_MODES = ("full", "balanced", "biased")
+SUBSET_KEYS = ("mode", "by", "per_cell", "major", "minor", "seed", "val")
+SUBSET_CELL_KEYS = ("per_cell", "major", "minor")
+#: The paper's cell sizes (§3.4): 300 per cell balanced; 700 from the own scanner and 150 from each other biased.
+SUBSET_DEFAULTS = {"mode": "full", "per_cell": 300, "major": 700, "minor": 150, "val": None}
 _MAX_LISTED = 5
 
 __all__ = [
     "SPLIT_NAMES",
+    "SUBSET_DEFAULTS",
+    "SUBSET_KEYS",
     "SUBSET_MODES",
     "carve_validation",
     "cell_counts",
     "check_group_disjoint",
+    "check_subset_config",
+    "configured_subset",
     "group_kfold",
     "group_split",
     "select_subset",
@@ -297,6 +305,74 @@ def _num_classes(labels: Sequence[int], names: Sequence[str] | None, key: str) -
     if top >= len(names):
         raise ValueError(f"{key}: label {top} has no name ({len(names)} names given)")
     return len(names)
+
+
+def check_subset_config(subset: object, heads: Sequence[str], seed: int) -> tuple[list[str], dict]:
+    """Validate a datamodule's ``subset`` option against its metadata ``heads``.
+
+    Returns ``(problems, config)``: one ``"subset.<key>: ..."`` line per problem, and the config with the paper's
+    defaults (:data:`SUBSET_DEFAULTS`) and the data seed filled in; ``None`` means ``{"mode": "full"}``.
+    ``val`` is ``None`` (the validation split is left as it is: an unassociated draw) or ``{per_cell, major, minor}``:
+    the validation split is subset the same way with these cell sizes, like the paper, where each sub-dataset has
+    its own test split, so validation accuracy is measured under the training distribution.
+    """
+    config: dict = {**SUBSET_DEFAULTS, "seed": seed}
+    if subset is None:
+        return [], config
+    if not isinstance(subset, Mapping):
+        return [f"subset: must be a mapping with keys {', '.join(SUBSET_KEYS)}, got {subset!r}"], config
+    problems = [f"subset.{k}: unknown key; valid keys: {', '.join(SUBSET_KEYS)}" for k in subset if k not in SUBSET_KEYS]
+    config.update({k: v for k, v in subset.items() if k in SUBSET_KEYS})
+    mode = config["mode"]
+    if mode not in SUBSET_MODES:
+        problems.append(f"subset.mode: must be one of {', '.join(SUBSET_MODES)}, got {mode!r}")
+    elif mode != "full" and config.get("by") not in heads:
+        problems.append(f"subset.by: {mode} subsets need a metadata head name; got {config.get('by')!r}, "
+                        f"heads: {', '.join(map(str, heads)) or 'none'}")
+    for key in (*SUBSET_CELL_KEYS, "seed"):
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"subset.{key}: must be an integer >= 0, got {value!r}")
+    val = config["val"]
+    if val is not None:
+        if not isinstance(val, Mapping):
+            problems.append(f"subset.val: must be null or a mapping with keys {', '.join(SUBSET_CELL_KEYS)}, got "
+                            f"{val!r}")
+        else:
+            problems += [f"subset.val.{k}: unknown key; valid keys: {', '.join(SUBSET_CELL_KEYS)}"
+                         for k in val if k not in SUBSET_CELL_KEYS]
+            config["val"] = {**{k: config[k] for k in SUBSET_CELL_KEYS}, **dict(val)}
+            for key in SUBSET_CELL_KEYS:
+                value = config["val"][key]
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    problems.append(f"subset.val.{key}: must be an integer >= 0, got {value!r}")
+    return problems, config
+
+
+def configured_subset(
+    subset: Mapping,
+    primary: Sequence[int],
+    by: Sequence[int],
+    *,
+    part: str = "train",
+    primary_names: Sequence[str] | None = None,
+    by_names: Sequence[str] | None = None,
+) -> list[int] | None:
+    """The rows :func:`select_subset` picks for one split under a :func:`check_subset_config` config, or ``None``
+    when that split is used whole (``mode: full``; for ``part="val"`` also when ``val`` is null). The validation
+    subset uses the ``val`` cell sizes and another seed than the training one."""
+    if subset["mode"] == "full" or (part == "val" and subset.get("val") is None):
+        return None
+    cells = subset["val"] if part == "val" else subset
+    try:
+        return select_subset(primary, by, mode=subset["mode"], per_cell=cells["per_cell"], major=cells["major"],
+                             minor=cells["minor"], seed=subset["seed"] + (part == "val"),
+                             primary_names=primary_names, by_names=by_names)
+    except ValueError as err:
+        if part != "val":
+            raise
+        # "subset: cell ... (lower subset.major)" -> "subset.val: cell ... (lower subset.val.major)"
+        raise ValueError(str(err).replace("subset", "subset.val")) from None
 
 
 def select_subset(

@@ -25,6 +25,20 @@ Columns (``SYNTHETIC_COLUMNS``) and how each one reaches the pixels:
     still fits in the sector; the band length in pixels mostly separates the risk classes.
 ``bmi`` (continuous, kg/m^2)
     ``normal(27, 5)`` clamped to [16, 45]. Not rendered at all: an unencodable variable, a negative control.
+``pixel_spacing_x``, ``pixel_spacing_y`` (continuous, mm per pixel at the *rendered* size)
+    ``pixel_spacing * 288 / W`` and ``pixel_spacing * 224 / H``: what a DICOM header of the rendered image says (the
+    paper lists both). Pixels are square at the reference size, so both carry the same information as
+    ``pixel_spacing``; they are blank when it is.
+``gestational_age`` (continuous, weeks at the scan)
+    Uniform in [18, 24), the mid-trimester cervical-length screening window. Not rendered.
+``preterm`` (binary: ``term`` / ``preterm``, the paper's sPTB outcome)
+    ``P(preterm) = sigmoid((25 - cervical_length) / 3.5)``: a short cervix predicts spontaneous preterm birth
+    (about 0.8 for ``short``, 0.2 for ``intermediate``, 0.02 for ``normal``; prevalence about a third, an
+    enriched high-risk cohort). It reaches the image only through the cervical length. Never missing.
+``birth_weight`` (continuous, g)
+    From the delivery week (preterm: uniform [28, 37), term: [37, 41.5)):
+    ``3400 - 190 * (39.5 - week) + normal(0, 350)`` clamped to [400, 5000]. Not rendered; related to the image only
+    through ``preterm``.
 
 Missing metadata: with ``missing_fraction`` every metadata cell except ``risk`` is blanked independently (code -1
 for categorical columns, NaN for continuous ones). The renderer always uses the *true* values:
@@ -39,7 +53,18 @@ DICOM header) even when the ``pixel_spacing`` label is reported missing.
 Determinism: everything is drawn from one seeded ``torch.Generator`` per split (stream ``3 * seed + split_index``),
 first all metadata, then the images in chunks of :func:`render_chunk_size`; the same ``(split, n, seed, options)``
 gives bit-identical data on the same machine and torch build. Changing ``shortcut_strength`` changes only the
-scanner column (every other column and random draw stays the same).
+scanner column (every other column and random draw stays the same). The clinical outcome columns
+(``gestational_age``, ``preterm``, ``birth_weight``) come from a second generator seeded with the first one's seed
+plus :data:`CLINICAL_STREAM_OFFSET`, so adding them left every other column and every image unchanged.
+
+Rendering has two parts: the *content* (the cervix geometry -> a tissue echogenicity map and the segmentation maps)
+and the *acquisition*, :func:`acquire`: the simulated scanner chain (speckle with the scanner's grain in mm, PSF blur,
+depth attenuation, gain, gamma, the sector mask) and the hospital's burnt-in marker, applied to any echogenicity map.
+Every dataset rendered through these scanners (also :mod:`wsca_lightning.data.fashion`) uses this one chain.
+
+Subsets (``rows``): the dataset draws the metadata of all ``n`` rows (the pool) and renders only the chosen rows,
+so the paper's balanced / biased training sets (:func:`~wsca_lightning.data.splits.select_subset`) cost only the
+images they use. Ids keep the pool row number.
 """
 
 from __future__ import annotations
@@ -50,16 +75,17 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from wsca_lightning.data.base import labelled_item
+from wsca_lightning.data.base import GeneratedImageDataset
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.plain import is_int
 
 __all__ = [
+    "CLINICAL_STREAM_OFFSET",
     "CONTINUOUS_RANGES",
     "HOSPITAL_LIMITS",
     "IN_CHANNELS",
+    "PRETERM_CLASSES",
     "REFERENCE_SIZE",
     "RENDER_PIXELS_PER_CHUNK",
     "RISK_CLASSES",
@@ -70,12 +96,20 @@ __all__ = [
     "SPLITS",
     "SYNTHETIC_COLUMNS",
     "SyntheticUltrasoundDataset",
+    "TISSUE_ECHO_RANGE",
+    "acquire",
+    "background_echo",
     "check_synthetic_options",
+    "column_classes",
     "hospital_names",
+    "mm_per_pixel",
+    "pixel_grid",
     "render_chunk_size",
     "render_ultrasound",
     "sample_metadata",
     "scanner_names",
+    "sector_mask",
+    "split_generator",
 ]
 
 #: Every column of the built-in dataset and its kind.
@@ -86,9 +120,22 @@ SYNTHETIC_COLUMNS: dict[str, str] = {
     "cervical_length": "continuous",
     "pixel_spacing": "continuous",
     "bmi": "continuous",
+    "pixel_spacing_x": "continuous",
+    "pixel_spacing_y": "continuous",
+    "gestational_age": "continuous",
+    "preterm": "categorical",
+    "birth_weight": "continuous",
 }
+#: Class names of the categorical columns whose classes do not depend on options.
+PRETERM_CLASSES: tuple[str, ...] = ("term", "preterm")
 #: Metadata columns that ``missing_fraction`` may blank (all but the primary ``risk``), in draw order.
 _BLANKABLE: tuple[str, ...] = ("scanner", "hospital", "cervical_length", "pixel_spacing", "bmi")
+#: Blankable clinical columns, drawn from the clinical stream (``preterm`` is a possible target: never blank).
+_CLINICAL_BLANKABLE: tuple[str, ...] = ("gestational_age", "birth_weight")
+#: Added to a split's generator seed to seed the clinical outcome stream.
+CLINICAL_STREAM_OFFSET = 1_000_003
+GESTATIONAL_AGE_RANGE: tuple[float, float] = (18.0, 24.0)
+BIRTH_WEIGHT_RANGE: tuple[float, float] = (400.0, 5000.0)
 
 RISK_CLASSES: tuple[str, ...] = ("short", "intermediate", "normal")
 #: Cervical length range (mm) per risk class, lower inclusive.
@@ -101,6 +148,8 @@ CONTINUOUS_RANGES: dict[str, tuple[float, float]] = {
     "cervical_length": (RISK_LENGTH_RANGES[0][0], RISK_LENGTH_RANGES[-1][1]),
     "pixel_spacing": PIXEL_SPACING_RANGE,
     "bmi": BMI_RANGE,
+    "gestational_age": GESTATIONAL_AGE_RANGE,
+    "birth_weight": BIRTH_WEIGHT_RANGE,
 }
 
 #: (H, W) at which ``pixel_spacing`` is defined (SA-SonoNet's input size).
@@ -243,8 +292,10 @@ def sample_metadata(
     num_hospitals: int,
     missing_fraction: float,
     generator: torch.Generator,
+    image_size: Sequence[int] = REFERENCE_SIZE,
 ) -> dict[str, Tensor]:
-    """Draw ``n`` samples' metadata on the generator's device.
+    """Draw ``n`` samples' metadata on the generator's device (``image_size``: the size the images are rendered at,
+    which sets ``pixel_spacing_x``/``pixel_spacing_y``).
 
     Returns the reported columns of :data:`SYNTHETIC_COLUMNS` (categorical: int64 codes, -1 when missing;
     continuous: float64, NaN when missing; ``risk`` never missing) plus ``true_<column>`` with the un-blanked value
@@ -296,6 +347,35 @@ def sample_metadata(
         out[col] = torch.where(blank[:, j], missing, value)
     for col in _BLANKABLE:
         out[f"true_{col}"] = true[col]
+
+    h, w = int(image_size[0]), int(image_size[1])
+    for col, true_value in (("pixel_spacing_x", spacing * REFERENCE_SIZE[1] / w),
+                            ("pixel_spacing_y", spacing * REFERENCE_SIZE[0] / h)):
+        out[col] = torch.where(blank[:, _BLANKABLE.index("pixel_spacing")], math.nan, true_value)
+        out[f"true_{col}"] = true_value
+    out.update(_sample_clinical(length, missing_fraction, generator))
+    return out
+
+
+def _sample_clinical(length: Tensor, missing_fraction: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """Gestational age, sPTB outcome and birth weight (module docstring), from their own stream."""
+    n, dev, f64 = length.shape[0], length.device, torch.float64
+    clinical = torch.Generator(device=dev).manual_seed(generator.initial_seed() + CLINICAL_STREAM_OFFSET)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=clinical, device=dev, dtype=f64)
+
+    ga_lo, ga_hi = GESTATIONAL_AGE_RANGE
+    gestational_age = ga_lo + rand(n) * (ga_hi - ga_lo)
+    preterm = (rand(n) < torch.sigmoid((25.0 - length) / 3.5)).to(torch.int64)
+    delivery_week = torch.where(preterm.bool(), 28.0 + 9.0 * rand(n), 37.0 + 4.5 * rand(n))
+    noise = torch.randn(n, generator=clinical, device=dev, dtype=f64)
+    birth_weight = (3400.0 - 190.0 * (39.5 - delivery_week) + 350.0 * noise).clamp(*BIRTH_WEIGHT_RANGE)
+    blank = rand(n, len(_CLINICAL_BLANKABLE)) < float(missing_fraction)
+    out = {"preterm": preterm}
+    for j, (col, value) in enumerate((("gestational_age", gestational_age), ("birth_weight", birth_weight))):
+        out[col] = torch.where(blank[:, j], math.nan, value)
+        out[f"true_{col}"] = value
     return out
 
 
@@ -356,63 +436,144 @@ def _hospital_markers(num_hospitals: int, h: int, w: int, device: torch.device) 
     return masks
 
 
-def render_ultrasound(
-    meta: Mapping[str, Tensor],
-    image_size: tuple[int, int],
+#: Echogenicity range of the cervix's tissue before speckle (dark stroma .. bright canal; background 0.5): other
+#: content renderers (:mod:`wsca_lightning.data.fashion`) map their content into it.
+TISSUE_ECHO_RANGE: tuple[float, float] = (_ECHO_LIPS, _ECHO_CANAL)
+
+
+def pixel_grid(image_size: Sequence[int], device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """Centres of the rendered pixels in *reference* pixels (:data:`REFERENCE_SIZE`): ``y`` of shape (1, H, 1) and
+    ``x`` of shape (1, 1, W), float32. Geometry defined in reference pixels lands at the same place at every size."""
+    h, w = int(image_size[0]), int(image_size[1])
+    f32 = torch.float32
+    yr = ((torch.arange(h, device=device, dtype=f32) + 0.5) * (REFERENCE_SIZE[0] / h)).view(1, h, 1)
+    xr = ((torch.arange(w, device=device, dtype=f32) + 0.5) * (REFERENCE_SIZE[1] / w)).view(1, 1, w)
+    return yr, xr
+
+
+def mm_per_pixel(spacing: Tensor, image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """mm per *rendered* pixel along y and x, each (n, 1, 1) float32, from ``spacing`` (n,) in mm per reference
+    pixel (anisotropic when the aspect ratio differs from the reference)."""
+    n = spacing.shape[0]
+    sp = spacing.to(torch.float32).view(n, 1, 1)
+    return sp * (REFERENCE_SIZE[0] / int(image_size[0])), sp * (REFERENCE_SIZE[1] / int(image_size[1]))
+
+
+def background_echo(texture_field: Tensor, spacing: Tensor, image_size: Sequence[int]) -> Tensor:
+    """Tissue echogenicity of the background, (n, H, W): 0.5 modulated +-20 % per standard
+    deviation by ``texture_field`` ((n, 1, H, W) standard normal draws) smoothed over 6 mm (so in pixels it follows
+    ``spacing``, mm per reference pixel)."""
+    n = texture_field.shape[0]
+    mm_y, mm_x = mm_per_pixel(spacing.to(texture_field.device), image_size)
+    texture = _gaussian_filter(
+        texture_field, _BACKGROUND_TEXTURE_MM / mm_y.view(n), _BACKGROUND_TEXTURE_MM / mm_x.view(n)
+    )
+    texture = texture / texture.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    return _ECHO_BACKGROUND * (1 + 0.2 * texture[:, 0])
+
+
+def _sector(table: Tensor, image_size: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Sector (fan) mask (n, H, W) of the scanners whose :data:`SCANNER_TABLE` rows are ``table`` (n, 7), and the
+    distance from the probe apex (1, H, W) in reference pixels."""
+    n = table.shape[0]
+    h, w = int(image_size[0]), int(image_size[1])
+    half_angle = torch.deg2rad(table[:, 5].view(n, 1, 1))
+    radius = table[:, 6].view(n, 1, 1)
+    yr, xr = pixel_grid(image_size, device)
+    # Radius and angle from the apex above the top centre.
+    dx, dy = xr - REFERENCE_SIZE[1] / 2, yr - _APEX_Y
+    r = torch.sqrt(dx**2 + dy**2)
+    theta = torch.atan2(dx, dy)  # 0 straight down
+    edge = (REFERENCE_SIZE[0] / h + REFERENCE_SIZE[1] / w) / 2  # one rendered pixel, in reference pixels
+    angular_margin = r * torch.sin((half_angle - theta.abs()).clamp(-math.pi / 2, math.pi / 2))
+    sector = _ramp(radius - r, edge) * _ramp(angular_margin, edge) * _ramp(r - 8.0, edge)
+    return sector, r
+
+
+def _scanner_rows(scanner: Tensor, device: torch.device) -> Tensor:
+    return torch.tensor(SCANNER_TABLE, dtype=torch.float32, device=device)[scanner.to(device).long()]
+
+
+def sector_mask(scanner: Tensor, image_size: Sequence[int]) -> Tensor:
+    """(n, H, W) float32 field of view of each row's scanner (``scanner``: (n,) codes): 1 inside the fan, exactly 0
+    outside, a one-pixel linear edge."""
+    return _sector(_scanner_rows(scanner, scanner.device), image_size, scanner.device)[0]
+
+
+def acquire(
+    echo: Tensor,
+    scanner: Tensor,
+    hospital: Tensor,
+    spacing: Tensor,
+    image_size: Sequence[int],
     *,
     num_scanners: int,
     num_hospitals: int,
-    generator: torch.Generator,
-    with_segmentation: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Render one synthetic cervix scan per row of ``meta`` directly at ``image_size``, on the generator's device.
+    speckle_field: Tensor,
+) -> Tensor:
+    """The simulated scanners' acquisition chain, shared by every content renderer (cervix, Fashion-MNIST).
 
-    Uses the true ``scanner``, ``hospital``, ``pixel_spacing`` and ``cervical_length`` (``true_<col>`` entries when
-    present); ``bmi`` and ``risk`` are ignored (``risk`` acts only through the length). Draws, in this order, the
-    cervix pose jitter, the speckle field and the background texture from ``generator``.
+    Args:
+        echo: (n, H, W) tissue echogenicity (background about 0.5, the cervix's structures 0.05 .. 1.3).
+        scanner, hospital: (n,) integer codes < ``num_scanners`` / ``num_hospitals``.
+        spacing: (n,) mm per *reference* pixel (sets the speckle grain and PSF width in pixels).
+        image_size: (H, W), multiples of 16.
+        speckle_field: (n, 2, H, W) standard normal draws (real and imaginary part of the scatterers); the caller
+            draws it, so each renderer keeps its own order of random draws.
+
+    Applies, per row: speckle (Rayleigh multiplier correlated over the scanner's grain in mm), PSF blur, depth
+    attenuation, gain, gamma, the sector mask and the hospital's burnt-in marker (:data:`SCANNER_TABLE`).
 
     Returns:
-        ``image`` (n, 1, H, W) float32 in [0, 1], and ``segmentation`` (n, 5, H, W) float32 in [0, 1]
-        (:data:`SEGMENTATION_CHANNELS`) when ``with_segmentation``, else ``None``.
+        (n, 1, H, W) float32 in [0, 1], on ``echo``'s device.
     """
     _raise_if(check_synthetic_options(image_size=image_size, num_scanners=num_scanners, num_hospitals=num_hospitals))
     h, w = int(image_size[0]), int(image_size[1])
-    dev = generator.device
-    f32 = torch.float32
-    scanner = _true(meta, "scanner", dev).long()
-    hospital = _true(meta, "hospital", dev).long()
-    spacing = _true(meta, "pixel_spacing", dev).to(f32)  # mm per reference pixel
-    length = _true(meta, "cervical_length", dev).to(f32)  # mm
-    n = scanner.shape[0]
-    if n and (int(scanner.max()) >= num_scanners or int(hospital.max()) >= num_hospitals):
-        raise ValueError("render_ultrasound: scanner/hospital codes exceed num_scanners/num_hospitals")
+    dev = echo.device
+    n = echo.shape[0]
+    if echo.shape != (n, h, w) or speckle_field.shape != (n, 2, h, w):
+        raise ValueError(f"acquire: echo must be (n, {h}, {w}) and speckle_field (n, 2, {h}, {w}); got "
+                         f"{tuple(echo.shape)} and {tuple(speckle_field.shape)}")
+    scanner, hospital = scanner.to(dev).long(), hospital.to(dev).long()
+    if scanner.shape != (n,) or hospital.shape != (n,) or spacing.shape != (n,):
+        raise ValueError(f"acquire: scanner, hospital and spacing must have shape ({n},)")
+    if n and (int(scanner.min()) < 0 or int(hospital.min()) < 0
+              or int(scanner.max()) >= num_scanners or int(hospital.max()) >= num_hospitals):
+        raise ValueError("acquire: scanner/hospital codes must lie in [0, num_scanners) / [0, num_hospitals)")
+    table = _scanner_rows(scanner, dev)  # (n, 7)
+    gain, gamma, psf_mm, grain_mm, atten, _, radius = (table[:, i].view(n, 1, 1) for i in range(7))
+    mm_y, mm_x = mm_per_pixel(spacing.to(dev), image_size)
+    sector, r = _sector(table, image_size, dev)
 
-    table = torch.tensor(SCANNER_TABLE, dtype=f32, device=dev)[scanner]  # (n, 7)
-    gain, gamma, psf_mm, grain_mm, atten, half_angle, radius = (table[:, i].view(n, 1, 1) for i in range(7))
-    half_angle = torch.deg2rad(half_angle)
+    # Speckle: magnitude of a complex Gaussian field correlated over the scanner's grain size (in mm, so the grain in
+    # pixels follows the pixel spacing), normalised to unit mean power: a Rayleigh-distributed multiplier.
+    grain = grain_mm.view(n)
+    speckle = _gaussian_filter(speckle_field.to(dev), grain / mm_y.view(n), grain / mm_x.view(n))
+    speckle = torch.sqrt(speckle[:, 0] ** 2 + speckle[:, 1] ** 2)
+    speckle = speckle / torch.sqrt((speckle**2).mean(dim=(-2, -1), keepdim=True)).clamp_min(1e-6)
 
-    ref_h, ref_w = REFERENCE_SIZE
-    scale_y, scale_x = ref_h / h, ref_w / w  # reference px per rendered px
+    # Scanner imaging chain: PSF blur, depth attenuation, gain, gamma; then the sector and burnt-in annotations.
+    psf = psf_mm.view(n)
+    sig_y, sig_x = psf / mm_y.view(n), psf / mm_x.view(n)
+    pad = int(math.ceil(3 * float(torch.maximum(sig_y, sig_x).max()))) if n else 0
+    img = _gaussian_filter((echo * speckle).unsqueeze(1), sig_y, sig_x, pad=pad)[:, 0]
+    img = img * torch.exp(-atten * r / radius)
+    img = (_BRIGHTNESS * gain * img).clamp(0.0, 1.0) ** gamma
+    img = img * sector
+    markers = _hospital_markers(num_hospitals, h, w, dev)[hospital]
+    return torch.maximum(img, markers).clamp(0.0, 1.0).unsqueeze(1).contiguous()
+
+
+def _cervix(length: Tensor, spacing: Tensor, pose: Tensor, texture_field: Tensor,
+            image_size: Sequence[int]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The cervix content: echogenicity (n, H, W) and the soft maps of :data:`SEGMENTATION_CHANNELS`, each
+    (n, H, W), from the canal ``length`` (mm), ``spacing`` (mm per reference pixel), ``pose`` ((n, 4) in [-1, 1):
+    centre y, centre x, angle, lip width) and the background ``texture_field``."""
+    n = length.shape[0]
+    yr, xr = pixel_grid(image_size, length.device)
     sp = spacing.view(n, 1, 1)
-    mm_y, mm_x = sp * scale_y, sp * scale_x  # mm per rendered px (anisotropic when the aspect differs)
+    mm_y, mm_x = mm_per_pixel(spacing, image_size)
     soft_mm = 0.5 * (mm_y + mm_x) / 2  # edge softness: half a rendered pixel
-
-    # Pixel centres in reference pixels.
-    yr = ((torch.arange(h, device=dev, dtype=f32) + 0.5) * scale_y).view(1, h, 1)
-    xr = ((torch.arange(w, device=dev, dtype=f32) + 0.5) * scale_x).view(1, 1, w)
-
-    # Random draws (fixed order; the stream layout is part of the determinism contract).
-    pose = torch.rand(n, 4, generator=generator, device=dev, dtype=f32) * 2 - 1  # in [-1, 1)
-    speckle_field = torch.randn(n, 2, h, w, generator=generator, device=dev, dtype=f32)
-    texture_field = torch.randn(n, 1, h, w, generator=generator, device=dev, dtype=f32)
-
-    # Sector (fan) mask in reference pixels: radius and angle from the apex above the top centre.
-    dx, dy = xr - ref_w / 2, yr - _APEX_Y
-    r = torch.sqrt(dx**2 + dy**2)
-    theta = torch.atan2(dx, dy)  # 0 straight down
-    edge = (scale_y + scale_x) / 2  # one rendered pixel, in reference pixels
-    angular_margin = r * torch.sin((half_angle - theta.abs()).clamp(-math.pi / 2, math.pi / 2))
-    sector = _ramp(radius - r, edge) * _ramp(angular_margin, edge) * _ramp(r - 8.0, edge)
 
     # Cervix frame in mm: t along the canal (internal os at +L/2, right), s across it (positive = anterior, up).
     cy = (_CERVIX_CENTER[0] + _CENTER_JITTER[0] * pose[:, 0]).view(n, 1, 1)
@@ -440,38 +601,59 @@ def render_ultrasound(
     posterior = rest * _soft_inside(-s, soft_mm)
 
     # Tissue echogenicity: smooth background texture, darker stroma, bright canal, dark os.
-    texture = _gaussian_filter(
-        texture_field, _BACKGROUND_TEXTURE_MM / mm_y.view(n), _BACKGROUND_TEXTURE_MM / mm_x.view(n)
-    )
-    texture = texture / texture.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-    echo = _ECHO_BACKGROUND * (1 + 0.2 * texture[:, 0])
+    echo = background_echo(texture_field, spacing, image_size)
     echo = echo + (_ECHO_LIPS - echo) * (anterior + posterior)
     echo = echo + (_ECHO_CANAL - echo) * canal
     echo = echo + (_ECHO_OS - echo) * os_any
+    return echo, (canal, anterior, posterior, internal_os, external_os)
 
-    # Speckle: magnitude of a complex Gaussian field correlated over the scanner's grain size (in mm, so the grain in
-    # pixels follows the pixel spacing), normalised to unit mean power: a Rayleigh-distributed multiplier.
-    grain = grain_mm.view(n)
-    speckle = _gaussian_filter(speckle_field, grain / mm_y.view(n), grain / mm_x.view(n))
-    speckle = torch.sqrt(speckle[:, 0] ** 2 + speckle[:, 1] ** 2)
-    speckle = speckle / torch.sqrt((speckle**2).mean(dim=(-2, -1), keepdim=True)).clamp_min(1e-6)
 
-    # Scanner imaging chain: PSF blur, depth attenuation, gain, gamma; then the sector and burnt-in annotations.
-    psf = psf_mm.view(n)
-    sig_y, sig_x = psf / mm_y.view(n), psf / mm_x.view(n)
-    pad = int(math.ceil(3 * float(torch.maximum(sig_y, sig_x).max()))) if n else 0
-    img = _gaussian_filter((echo * speckle).unsqueeze(1), sig_y, sig_x, pad=pad)[:, 0]
-    img = img * torch.exp(-atten * r / radius)
-    img = (_BRIGHTNESS * gain * img).clamp(0.0, 1.0) ** gamma
-    img = img * sector
-    markers = _hospital_markers(num_hospitals, h, w, dev)[hospital]
-    img = torch.maximum(img, markers).clamp(0.0, 1.0).unsqueeze(1)
+def render_ultrasound(
+    meta: Mapping[str, Tensor],
+    image_size: tuple[int, int],
+    *,
+    num_scanners: int,
+    num_hospitals: int,
+    generator: torch.Generator,
+    with_segmentation: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Render one synthetic cervix scan per row of ``meta`` directly at ``image_size``, on the generator's device.
+
+    Uses the true ``scanner``, ``hospital``, ``pixel_spacing`` and ``cervical_length`` (``true_<col>`` entries when
+    present); ``bmi`` and ``risk`` are ignored (``risk`` acts only through the length). Draws, in this order, the
+    cervix pose jitter, the speckle field and the background texture from ``generator``; the cervix content then
+    goes through the shared scanner chain :func:`acquire`.
+
+    Returns:
+        ``image`` (n, 1, H, W) float32 in [0, 1], and ``segmentation`` (n, 5, H, W) float32 in [0, 1]
+        (:data:`SEGMENTATION_CHANNELS`) when ``with_segmentation``, else ``None``.
+    """
+    _raise_if(check_synthetic_options(image_size=image_size, num_scanners=num_scanners, num_hospitals=num_hospitals))
+    h, w = int(image_size[0]), int(image_size[1])
+    dev = generator.device
+    f32 = torch.float32
+    scanner = _true(meta, "scanner", dev).long()
+    hospital = _true(meta, "hospital", dev).long()
+    spacing = _true(meta, "pixel_spacing", dev).to(f32)  # mm per reference pixel
+    length = _true(meta, "cervical_length", dev).to(f32)  # mm
+    n = scanner.shape[0]
+    if n and (int(scanner.max()) >= num_scanners or int(hospital.max()) >= num_hospitals):
+        raise ValueError("render_ultrasound: scanner/hospital codes exceed num_scanners/num_hospitals")
+
+    # Random draws (fixed order; the stream layout is part of the determinism contract).
+    pose = torch.rand(n, 4, generator=generator, device=dev, dtype=f32) * 2 - 1  # in [-1, 1)
+    speckle_field = torch.randn(n, 2, h, w, generator=generator, device=dev, dtype=f32)
+    texture_field = torch.randn(n, 1, h, w, generator=generator, device=dev, dtype=f32)
+
+    echo, maps = _cervix(length, spacing, pose, texture_field, (h, w))
+    img = acquire(echo, scanner, hospital, spacing, (h, w), num_scanners=num_scanners, num_hospitals=num_hospitals,
+                  speckle_field=speckle_field)
 
     seg = None
     if with_segmentation:
-        seg = torch.stack([canal, anterior, posterior, internal_os, external_os], dim=1) * sector.unsqueeze(1)
+        seg = torch.stack(maps, dim=1) * sector_mask(scanner, (h, w)).unsqueeze(1)
         seg = seg.clamp(0.0, 1.0)
-    return img.contiguous(), seg
+    return img, seg
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -479,7 +661,28 @@ def render_ultrasound(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class SyntheticUltrasoundDataset(Dataset):
+def split_generator(seed: int, split: str) -> torch.Generator:
+    """The generator of one split: an injective ``(seed, split) -> stream``, so splits never share draws and seeds
+    never collide."""
+    return torch.Generator().manual_seed(3 * seed + SPLITS.index(split))
+
+
+def column_classes(column: str, num_scanners: int, num_hospitals: int) -> list[str]:
+    """Class names, in code order, of a categorical column."""
+    if column == "risk":
+        return list(RISK_CLASSES)
+    if column == "scanner":
+        return scanner_names(num_scanners)
+    if column == "hospital":
+        return hospital_names(num_hospitals)
+    if column == "preterm":
+        return list(PRETERM_CLASSES)
+    if column in SYNTHETIC_COLUMNS:
+        raise ValueError(f"column {column!r} is continuous; it has no classes until binned")
+    raise KeyError(f"unknown column {column!r}; available: {', '.join(SYNTHETIC_COLUMNS)}")
+
+
+class SyntheticUltrasoundDataset(GeneratedImageDataset):
     """One split of the synthetic cervix data, rendered once (in chunks) in ``__init__`` and held in memory.
 
     Attributes:
@@ -489,7 +692,8 @@ class SyntheticUltrasoundDataset(Dataset):
         segmentation: (n, 5, H, W) float16 maps in [0, 1] when ``in_channels == 8``, else ``None`` (half precision
             halves the memory of the largest tensor; maps are converted back to float32 per item).
         spacing_xy: (n, 2) float32 true pixel spacing x, y in mm per pixel at the rendered size.
-        ids: ``"<split>-000123"`` per sample.
+        ids: ``"<split>-000123"`` per sample (the row number in the pool of ``n``).
+        rows: the pool rows this dataset holds (``range(n)`` without ``rows``).
 
     Items: ``{"image": (C, H, W) float32, "targets": {task: int64 scalar}, "id": str, "index": int}``. Until
     :meth:`set_targets` is called the targets are ``{"risk": risk code}``. The shortcut only applies to the
@@ -510,6 +714,7 @@ class SyntheticUltrasoundDataset(Dataset):
         missing_fraction: float = 0.0,
         normalization: str = "sononet",
         seed: int = 0,
+        rows: Sequence[int] | None = None,
     ) -> None:
         errors = check_synthetic_options(
             image_size=image_size,
@@ -526,6 +731,11 @@ class SyntheticUltrasoundDataset(Dataset):
             errors.append(f"n: must be a positive integer, got {n!r}")
         if not is_int(seed) or seed < 0:
             errors.append(f"seed: must be a non-negative integer, got {seed!r}")
+        if rows is not None and is_int(n):
+            rows = [int(r) for r in rows]
+            if not rows or sorted(set(rows)) != rows or rows[0] < 0 or rows[-1] >= n:
+                errors.append(f"rows: must be a non-empty increasing list of distinct rows in [0, {n}), got "
+                              f"{len(rows)} rows")
         _raise_if(errors)
 
         self.split = split
@@ -536,8 +746,7 @@ class SyntheticUltrasoundDataset(Dataset):
         self.normalization = normalization
         # The shortcut is a property of the training set only: evaluation splits show the unbiased relation.
         self.shortcut_strength = float(shortcut_strength) if split == "train" else 0.0
-        # Injective (seed, split) -> stream, so splits never share draws and seeds never collide.
-        generator = torch.Generator().manual_seed(3 * seed + SPLITS.index(split))
+        generator = split_generator(seed, split)
 
         meta = sample_metadata(
             n,
@@ -546,7 +755,13 @@ class SyntheticUltrasoundDataset(Dataset):
             num_hospitals=num_hospitals,
             missing_fraction=float(missing_fraction),
             generator=generator,
+            image_size=self.image_size,
         )
+        self.rows: list[int] = list(range(n)) if rows is None else list(rows)
+        if rows is not None:
+            index = torch.tensor(self.rows, dtype=torch.int64)
+            meta = {k: v[index] for k, v in meta.items()}
+        n = len(self.rows)
         self.columns: dict[str, Tensor] = {col: meta[col] for col in SYNTHETIC_COLUMNS}
         self.true_columns: dict[str, Tensor] = {
             col: meta.get(f"true_{col}", meta[col]) for col in SYNTHETIC_COLUMNS
@@ -570,42 +785,15 @@ class SyntheticUltrasoundDataset(Dataset):
                 segs.append(seg.to(torch.float16))
         self.images: Tensor = torch.cat(images)
         self.segmentation: Tensor | None = torch.cat(segs) if with_seg else None
-        h, w = self.image_size
-        sp = self.true_columns["pixel_spacing"].to(torch.float32)
-        self.spacing_xy: Tensor = torch.stack([sp * REFERENCE_SIZE[1] / w, sp * REFERENCE_SIZE[0] / h], dim=1)
-        self.ids: list[str] = [f"{split}-{i:06d}" for i in range(n)]
+        self.spacing_xy: Tensor = torch.stack(
+            [self.true_columns["pixel_spacing_x"], self.true_columns["pixel_spacing_y"]], dim=1
+        ).to(torch.float32)
+        self.ids: list[str] = [f"{split}-{i:06d}" for i in self.rows]
         self._targets: dict[str, Tensor] = {"risk": self.columns["risk"]}
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def column_classes(self, column: str) -> list[str]:
         """Class names, in code order, of a categorical column."""
-        if column == "risk":
-            return list(RISK_CLASSES)
-        if column == "scanner":
-            return scanner_names(self.num_scanners)
-        if column == "hospital":
-            return hospital_names(self.num_hospitals)
-        if column in SYNTHETIC_COLUMNS:
-            raise ValueError(f"column {column!r} is continuous; it has no classes until binned")
-        raise KeyError(f"unknown column {column!r}; available: {', '.join(SYNTHETIC_COLUMNS)}")
-
-    def set_targets(self, targets: Mapping[str, Tensor]) -> None:
-        """Install the per-task labels (int64, shape (n,), ``-1`` = missing) that items will carry."""
-        n = len(self)
-        checked: dict[str, Tensor] = {}
-        for name, value in targets.items():
-            if value.shape != (n,) or value.dtype != torch.int64:
-                raise ValueError(
-                    f"target {name!r}: expected int64 of shape ({n},), got {value.dtype} {tuple(value.shape)}"
-                )
-            checked[name] = value.cpu()
-        self._targets = checked
-
-    @property
-    def targets(self) -> dict[str, Tensor]:
-        return dict(self._targets)
+        return column_classes(column, self.num_scanners, self.num_hospitals)
 
     def input(self, i: int) -> Tensor:
         """The model input of sample ``i``: (C, H, W) float32 (see the module docstring for the channel order)."""
@@ -615,9 +803,3 @@ class SyntheticUltrasoundDataset(Dataset):
         h, w = self.image_size
         planes = self.spacing_xy[i].view(2, 1, 1).expand(2, h, w)
         return torch.cat([image, self.segmentation[i].to(torch.float32), planes], dim=0)
-
-    def __getitem__(self, i: int) -> dict:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        return labelled_item(self.input(i), self._targets, self.ids, i)

@@ -1,13 +1,15 @@
-"""Multi-head LightningModule: a SonoNet backbone, one primary (clinical) head and metadata heads.
+"""Multi-head LightningModule: a SonoNet or ResNet backbone, one primary (clinical) head and metadata heads.
 
 Every head is a linear classifier on the same embedding ``z``; the WSC callback compares their weight rows
 (see :mod:`wsca_lightning.interface`). Two embedding choices (paper §3.6):
 
-* ``pooled``: ``z`` is the global-average-pooled block-5 feature map (``d = C``: 128 / 256 / 512 for SonoNet16/32/64);
-  every head, the primary one included, is a trainable ``nn.Linear(d, classes)``.
+* ``pooled``: ``z`` is the global-average-pooled last feature map (``d = C``: 128 / 256 / 512 for SonoNet16/32/64,
+  512 / 2048 for ResNet-18/50); every head, the primary one included, is a trainable ``nn.Linear(d, classes)``.
+  Backbones are listed in :mod:`wsca_lightning.models.backbones`.
 * ``adaptation_map``: ``z`` is the flattened ``K x h x w`` map of SonoNet's 1x1 adaptation head and the primary head is
   SonoNet's own global average pooling, i.e. a fixed matrix whose row ``k`` averages map ``k`` (for a binary primary
   task ``K = 1`` with one logit and the row is the all-ones vector of paper §3.6). Metadata heads are linear on ``z``.
+  SonoNet backbones only (ResNets have no adaptation head).
 
 Head modes (paper §3.3): ``multitask`` trains all heads jointly with the backbone (weighted sum of losses);
 ``probe_online`` trains metadata heads on ``z.detach()`` so they never shape the backbone.
@@ -33,7 +35,7 @@ from torchmetrics import MetricCollection
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
 from wsca_lightning.plain import to_plain
-from wsca_lightning.models.sononet import BACKBONES, build_sononet, check_input_size, load_sononet_weights
+from wsca_lightning.models.backbones import BACKBONE_NAMES, BACKBONE_REGISTRY
 from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
 
 EMBEDDINGS: tuple[str, ...] = ("pooled", "adaptation_map")
@@ -44,7 +46,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 BACKBONE_KEYS: tuple[str, ...] = ("name", "in_channels", "pretrained")
-OPTIMIZER_KEYS: tuple[str, ...] = ("name", "lr", "weight_decay", "momentum")
+OPTIMIZER_KEYS: tuple[str, ...] = ("name", "lr", "weight_decay", "momentum", "schedule")
+#: Learning-rate schedules: ``constant``, or ``cosine`` annealing to 0 over all training steps (per step), which
+#: ends every run at a settled model, so accuracies of short runs can be compared across conditions.
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
 
@@ -78,18 +83,22 @@ def masked_task_loss(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class MultiHeadModule(L.LightningModule):
-    """SonoNet backbone + one primary head + metadata heads, trained with per-head masked losses.
+    """SonoNet or ResNet backbone + one primary head + metadata heads, trained with per-head masked losses.
 
     Args:
-        backbone: ``{"name": "sononet16"|"sononet32"|"sononet64", "in_channels": int, "pretrained": path|None}``;
-            ``pretrained`` is a state dict in the public SonoNet layout (features only are loaded).
+        backbone: ``{"name": one of BACKBONE_NAMES, "in_channels": int, "pretrained": path|None}``
+            (``sononet16``/``32``/``64``, ``resnet18``, ``resnet50``; :mod:`wsca_lightning.models.backbones`);
+            ``pretrained`` is a state dict in the public SonoNet layout (features only are loaded) or, for a
+            ResNet, in torchvision's layout (``fc.*`` ignored, an RGB ``conv1`` summed over RGB).
         tasks: task specs as dicts (:meth:`TaskSpec.to_dict`), usually ``datamodule.task_specs``.
-        input_shape: ``(C, H, W)`` of the input images; ``H`` and ``W`` must be multiples of 16.
+        input_shape: ``(C, H, W)`` of the input images; ``H`` and ``W`` must be multiples of 16 (SonoNet) or
+            at least 32 (ResNet).
         primary: name of the primary task (default: the first task).
-        embedding: ``pooled`` or ``adaptation_map`` (module docstring).
+        embedding: ``pooled`` or ``adaptation_map`` (module docstring; ``adaptation_map`` is SonoNet-only).
         head_mode: ``multitask`` or ``probe_online`` (module docstring).
         loss_weights: per-task loss weight (default 1.0 for every head).
-        optimizer: ``{"name": "adamw"|"adam"|"sgd", "lr": float, "weight_decay": float, "momentum": float (sgd)}``.
+        optimizer: ``{"name": "adamw"|"adam"|"sgd", "lr": float, "weight_decay": float, "momentum": float (sgd),
+            "schedule": "constant"|"cosine"}`` (:data:`SCHEDULES`).
 
     Logged per task and stage (``train``/``val``), per epoch: ``<stage>/<task>/loss``, ``<stage>/<task>/auroc``
     (macro one-vs-rest over the whole epoch) and ``<stage>/<task>/balanced_accuracy``, both averaged over the
@@ -136,13 +145,14 @@ class MultiHeadModule(L.LightningModule):
         primary_spec = specs[names.index(self.primary_task)]
 
         channels, height, width = input_shape
-        map_h, map_w = height // 16, width // 16
+        spec = BACKBONE_REGISTRY[backbone["name"]]
+        map_h, map_w = height // spec.downsampling, width // spec.downsampling
         self._fixed_primary = embedding == "adaptation_map"
         # a binary primary task gets SA-SonoNet's single map / single logit; otherwise one map per class
         num_maps = (1 if primary_spec.kind == "binary" else primary_spec.num_classes) if self._fixed_primary else None
-        self.backbone = build_sononet(backbone["name"], in_channels=channels, adaptation_channels=num_maps)
+        self.backbone = spec.build(channels, num_maps)
         if backbone.get("pretrained"):
-            load_sononet_weights(self.backbone, backbone["pretrained"], include_adaptation=False)
+            spec.load_weights(self.backbone, backbone["pretrained"])
         self.embedding_dim = self.backbone.out_channels if not self._fixed_primary else num_maps * map_h * map_w
 
         self.heads = nn.ModuleDict(
@@ -185,8 +195,10 @@ class MultiHeadModule(L.LightningModule):
         for key in backbone:
             if key not in BACKBONE_KEYS:
                 problems.append(f"backbone.{key}: unknown key; valid keys: {', '.join(BACKBONE_KEYS)}")
-        if backbone.get("name") not in BACKBONES:
-            problems.append(f"backbone.name: {backbone.get('name')!r} is not one of {', '.join(BACKBONES)}")
+        backbone_name = backbone.get("name")
+        spec = BACKBONE_REGISTRY.get(backbone_name) if isinstance(backbone_name, str) else None
+        if spec is None:
+            problems.append(f"backbone.name: {backbone_name!r} is not one of {', '.join(BACKBONE_NAMES)}")
         if len(input_shape) != 3:
             problems.append(f"input_shape: expected (channels, height, width), got {input_shape}")
         else:
@@ -196,7 +208,8 @@ class MultiHeadModule(L.LightningModule):
                     "inputs; make them agree (model=sa_sononet32 expects 8: image + 5 segmentation maps + 2 spacing)"
                 )
             try:
-                check_input_size(input_shape[1], input_shape[2])
+                if spec is not None:
+                    spec.check_input_size(input_shape[1], input_shape[2])
             except ValueError as err:
                 problems.append(f"input_shape: {err}")
         if not specs:
@@ -210,6 +223,12 @@ class MultiHeadModule(L.LightningModule):
             problems.append(f"primary: {primary!r} is not a task; tasks: {', '.join(names)}")
         if embedding not in EMBEDDINGS:
             problems.append(f"embedding: must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+        elif embedding == "adaptation_map" and spec is not None and not spec.adaptation_map:
+            sononets = ", ".join(n for n, s in BACKBONE_REGISTRY.items() if s.adaptation_map)
+            problems.append(
+                f"embedding: adaptation_map needs a backbone with SonoNet's adaptation head ({sononets}); "
+                f"backbone.name {backbone_name!r} has none: use embedding: pooled"
+            )
         if head_mode not in HEAD_MODES:
             problems.append(f"head_mode: must be one of {', '.join(HEAD_MODES)}, got {head_mode!r}")
         for name, weight in loss_weights.items():
@@ -226,6 +245,9 @@ class MultiHeadModule(L.LightningModule):
             problems.append(f"optimizer.lr: must be a number >= 0, got {optimizer.get('lr')!r}")
         if "momentum" in optimizer and optimizer.get("name") != "sgd":
             problems.append("optimizer.momentum: only used by name=sgd")
+        if optimizer.get("schedule", "constant") not in SCHEDULES:
+            problems.append(f"optimizer.schedule: must be one of {', '.join(SCHEDULES)}, got "
+                            f"{optimizer.get('schedule')!r}")
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -278,10 +300,16 @@ class MultiHeadModule(L.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         config = dict(self.hparams.optimizer)
         optimizer_cls = OPTIMIZERS[config.pop("name")]
-        return optimizer_cls(self.parameters(), **config)
+        schedule = config.pop("schedule", "constant")
+        optimizer = optimizer_cls(self.parameters(), **config)
+        if schedule == "constant":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- the WSC interface (wsca_lightning.interface.SupportsWSC) -------------------------------------------------
     @property

@@ -16,7 +16,9 @@ Given the embeddings of a fixed training subset, the primary head and the metada
    primary label on the fit part (the *deconfounded* WSC), when the primary labels are given and every
    (metadata, primary) cell is populated;
 8. adds the identifiable ``w1 - w0`` form when either head is binary, and the paper's reference distributions of
-   intra-head and inter-head cosines.
+   intra-head and inter-head cosines;
+9. optionally (``k_values``) recomputes max |WSC| at other projection sizes (the paper's k-sensitivity study,
+   §3.5 and Fig. 4): :func:`wsc_versus_k`.
 
 The null is always made of probes refitted on permuted labels, whatever the protocol: it answers "how aligned with
 the primary head is a direction fitted to metadata labels that carry no information, in this model's projected
@@ -62,6 +64,7 @@ class AnalysisSettings:
         auroc_floor: a probe must also reach an AUROC above this to make the task interpretable.
         deconfound: also fit the deconfounded probe (needs the primary labels).
         seed: seeds the split, the permutations and the bootstrap (per task, combined with the task name).
+        k_values: projection sizes at which max |WSC| is also reported (``()`` = none); see :func:`wsc_versus_k`.
     """
 
     k_min: int = 50
@@ -76,6 +79,7 @@ class AnalysisSettings:
     auroc_floor: float = 0.5
     deconfound: bool = True
     seed: int = 0
+    k_values: tuple[int, ...] = ()
 
     def problems(self) -> list[str]:
         """Every invalid field as ``"<field>: <what is wrong>"`` (empty when valid)."""
@@ -111,10 +115,14 @@ class AnalysisSettings:
             out.append(f"deconfound: must be true or false, got {self.deconfound!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             out.append(f"seed: must be an integer, got {self.seed!r}")
+        if not isinstance(self.k_values, tuple) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.k_values
+        ):
+            out.append(f"k_values: must be a list of integers >= 1, got {self.k_values!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,7 @@ class WSCAnalysis:
     n_fit: int
     n_holdout: int
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+    k_sweep: dict[str, Any] | None = None  # {"k": [...], "max_abs": {task: [...]}} when settings.k_values is set
 
     def reference_dict(self) -> dict[str, Any]:
         return {"intra": _distribution(self.intra), "inter": _distribution(self.inter)}
@@ -354,6 +363,7 @@ def analyze_embeddings(
     names = class_names or {}
 
     tasks: dict[str, TaskAnalysis] = {}
+    raw_weights: dict[str, Tensor] = {}
     for name, raw_labels in labels.items():
         y = raw_labels.detach().to(device=device, dtype=torch.int64)
         c = int(num_classes[name])
@@ -381,6 +391,7 @@ def analyze_embeddings(
             task_k = probe_k
             # the "w/o PCA" reference of a probe is the probe fit on the raw (centred) embeddings
             task_d = fit_linear_probes(centred[fit_idx], y_fit, c, **probe_kwargs).weight[0]
+        raw_weights[name] = task_d
         correlation = TaskCorrelation.between(primary_k, task_k, primary_d, task_d)
         diverged = not math.isfinite(correlation.summary.max_abs)
         if null is not None and (source == "head" or diverged):
@@ -413,7 +424,37 @@ def analyze_embeddings(
         )
     heads_k = {"__primary__": primary_k, **{n: t.observed_weight for n, t in tasks.items()}}
     intra, inter = intra_inter_cosines(heads_k)
-    return WSCAnalysis(projection, tasks, intra, inter, int(fit_idx.numel()), int(hold_idx.numel()), settings)
+    k_sweep = None
+    if settings.k_values:
+        k_sweep = wsc_versus_k(embeddings, primary_d, raw_weights, settings.k_values)
+    return WSCAnalysis(projection, tasks, intra, inter, int(fit_idx.numel()), int(hold_idx.numel()), settings,
+                       k_sweep)
+
+
+def wsc_versus_k(
+    embeddings: Tensor, primary_weight: Tensor, task_weights: Mapping[str, Tensor], k_values: Sequence[int]
+) -> dict[str, Any]:
+    """max |WSC| of raw ``(C, d)`` head weights projected onto the top-``k`` principal components, for each ``k``.
+
+    The paper's k-sensitivity study (§3.5, Fig. 4): small ``k`` keeps too few directions to be stable, ``k`` near ``d``
+    lets directions the data never visits dilute the cosines. ``k`` values above ``min(d, N - 1)`` (the directions
+    the embeddings span) are dropped. The heads are the ones the analysis compares in the raw space: a trained head,
+    or for the probe protocol the probe fitted on the raw embeddings, so at the analysis's own ``k`` a trained head
+    gives exactly its reported ``max_abs``.
+
+    Returns ``{"k": [k, ...], "max_abs": {task: [value per k]}}`` (plain Python; NaN -> None).
+    """
+    full = fit_pca_projection(embeddings, k_min=embeddings.shape[1], var_threshold=1.0)
+    ks = sorted({int(k) for k in k_values if int(k) <= full.k})
+    primary = primary_weight.detach().to(device=full.components.device, dtype=torch.float64)
+    out: dict[str, list[float | None]] = {name: [] for name in task_weights}
+    for k in ks:
+        components = full.components[:k]
+        primary_k = primary @ components.T
+        for name, weight in task_weights.items():
+            task_k = weight.detach().to(device=components.device, dtype=torch.float64) @ components.T
+            out[name].append(plain_float(summarize(cosine_matrix(primary_k, task_k)).max_abs))
+    return {"k": ks, "max_abs": out}
 
 
 def _deconfounded(
