@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 
@@ -20,3 +21,12 @@ def to_plain(value: Any, key: str = "value") -> Any:
 def is_int(value: Any) -> bool:
     """An integer config value (``True`` is an ``int`` to Python, not to a config)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: empty for None and non-finite floats, floats with 6 significant digits."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from wsca_lightning import plots
+from wsca_lightning.plain import csv_cell
 
 __all__ = [
     "Condition",
@@ -1130,20 +1131,12 @@ def conditions_figure(conditions: Sequence[Condition], tasks: Sequence[str], alp
 # --------------------------------------------------------------------------------------------------- writing
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
 def table_csv(table: Table) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=table.columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in table.rows:
-        writer.writerow({key: _csv_cell(row.get(key)) for key in table.columns})
+        writer.writerow({key: csv_cell(row.get(key)) for key in table.columns})
     return buffer.getvalue()
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from typing import Any, Mapping, Sequence
 
+from wsca_lightning.plain import csv_cell
 from wsca_lightning.wsc import WSCAnalysis
 
 SUMMARY_FILENAME = "wsc_summary.json"
@@ -132,16 +132,8 @@ def write_table(entry: Mapping[str, Any], path: str) -> None:
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS)
     writer.writeheader()
     for row in table_rows(entry):
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     _atomic_write(path, buffer.getvalue())
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
 
 
 def verdict(task: Mapping[str, Any], alpha: float = 0.05) -> str:

@@ -145,8 +145,9 @@ def validate_task_config(
 
     Returns ``(errors, target, metadata)`` with defaults filled in and everything converted to plain Python; the
     target gains its task ``name``. A head set to ``None`` is left out (Hydra merges configs and cannot delete a
-    default head, so ``data.metadata.<head>=null`` is how an experiment or a command line removes one). ``class_counts`` maps categorical columns to their number of classes (None when
-    unknown because the option defining it is itself invalid).
+    default head, so ``data.metadata.<head>=null`` is how an experiment or a command line removes one).
+    ``class_counts`` maps categorical columns to their number of classes (None when unknown because the option
+    defining it is itself invalid).
     """
     errors: list[str] = []
     target = copy.deepcopy(dict(default_target)) if target is None else to_plain(target, "target")

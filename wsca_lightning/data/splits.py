@@ -321,7 +321,8 @@ def check_subset_config(subset: object, heads: Sequence[str], seed: int) -> tupl
         return [], config
     if not isinstance(subset, Mapping):
         return [f"subset: must be a mapping with keys {', '.join(SUBSET_KEYS)}, got {subset!r}"], config
-    problems = [f"subset.{k}: unknown key; valid keys: {', '.join(SUBSET_KEYS)}" for k in subset if k not in SUBSET_KEYS]
+    problems = [f"subset.{k}: unknown key; valid keys: {', '.join(SUBSET_KEYS)}"
+                for k in subset if k not in SUBSET_KEYS]
     config.update({k: v for k, v in subset.items() if k in SUBSET_KEYS})
     mode = config["mode"]
     if mode not in SUBSET_MODES:

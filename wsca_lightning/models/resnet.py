@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from wsca_lightning.models.sononet import _MAX_LISTED, _listing, _read_state_dict
+from wsca_lightning.models.sononet import _MAX_LISTED, _read_state_dict, key_problems
 
 __all__ = [
     "RESNETS",
@@ -159,13 +159,7 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, 
     file_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     model_state = model.state_dict()
 
-    missing = [k for k in model_state if k not in file_state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in file_state if k not in model_state]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    problems = key_problems(model_state, file_state)
     sum_rgb = False
     mismatched = []
     for key, value in file_state.items():

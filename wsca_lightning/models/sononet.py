@@ -237,6 +237,19 @@ def _read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dic
     return dict(loaded), where
 
 
+def key_problems(model_state: Mapping[str, Any], file_state: Mapping[str, Any]) -> list[str]:
+    """The ``missing keys: ...`` / ``unexpected keys: ...`` lines of a strict load (public files may lack
+    ``num_batches_tracked``)."""
+    missing = [k for k in model_state if k not in file_state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in file_state if k not in model_state]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    return problems
+
+
 def _listing(keys: list[Any]) -> str:
     shown = ", ".join(repr(k) for k in keys[:_MAX_LISTED])
     more = f", ... ({len(keys)} in total)" if len(keys) > _MAX_LISTED else f" ({len(keys)} in total)"
@@ -289,13 +302,7 @@ def load_sononet_weights(
     model_state = {k: v for k, v in model.state_dict().items() if wanted(k)}
     file_state = {k: v for k, v in state.items() if not (k.startswith("adaption.") and not include_adaptation)}
 
-    missing = [k for k in model_state if k not in file_state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in file_state if k not in model_state]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    problems = key_problems(model_state, file_state)
     widen_first_conv = False
     mismatched = []
     for key, value in file_state.items():
