@@ -31,7 +31,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from wsca_lightning.models.sononet import _MAX_LISTED, _read_state_dict, key_problems
+from wsca_lightning.models.sononet import _read_state_dict, key_problems
 
 __all__ = [
     "RESNETS",
@@ -159,7 +159,6 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, 
     file_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     model_state = model.state_dict()
 
-    problems = key_problems(model_state, file_state)
     sum_rgb = False
     mismatched = []
     for key, value in file_state.items():
@@ -171,10 +170,7 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, 
             sum_rgb = True
             continue
         mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target)}")
-    if mismatched:
-        shown = "; ".join(mismatched[:_MAX_LISTED])
-        more = f"; ... ({len(mismatched)} in total)" if len(mismatched) > _MAX_LISTED else ""
-        problems.append(f"shape mismatches: {shown}{more}")
+    problems = key_problems(model_state, file_state, mismatched)
     if problems:
         raise ValueError(
             f"cannot load ResNet weights from {where} into {model.name} (in_channels={model.in_channels}; "

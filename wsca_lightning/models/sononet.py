@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -237,9 +237,11 @@ def _read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dic
     return dict(loaded), where
 
 
-def key_problems(model_state: Mapping[str, Any], file_state: Mapping[str, Any]) -> list[str]:
-    """The ``missing keys: ...`` / ``unexpected keys: ...`` lines of a strict load (public files may lack
-    ``num_batches_tracked``)."""
+def key_problems(
+    model_state: Mapping[str, Any], file_state: Mapping[str, Any], mismatched: Sequence[str] = ()
+) -> list[str]:
+    """The ``missing keys: ...`` / ``unexpected keys: ...`` / ``shape mismatches: ...`` lines of a strict load
+    (public files may lack ``num_batches_tracked``; ``mismatched`` are ``"key: file ... vs model ..."`` lines)."""
     missing = [k for k in model_state if k not in file_state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in file_state if k not in model_state]
     problems = []
@@ -247,6 +249,9 @@ def key_problems(model_state: Mapping[str, Any], file_state: Mapping[str, Any]) 
         problems.append(f"missing keys: {_listing(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        more = f"; ... ({len(mismatched)} in total)" if len(mismatched) > _MAX_LISTED else ""
+        problems.append(f"shape mismatches: {'; '.join(mismatched[:_MAX_LISTED])}{more}")
     return problems
 
 
@@ -302,7 +307,6 @@ def load_sononet_weights(
     model_state = {k: v for k, v in model.state_dict().items() if wanted(k)}
     file_state = {k: v for k, v in state.items() if not (k.startswith("adaption.") and not include_adaptation)}
 
-    problems = key_problems(model_state, file_state)
     widen_first_conv = False
     mismatched = []
     for key, value in file_state.items():
@@ -316,10 +320,7 @@ def load_sononet_weights(
                 widen_first_conv = True
                 continue
         mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target)}")
-    if mismatched:
-        shown = "; ".join(mismatched[:_MAX_LISTED])
-        more = f"; ... ({len(mismatched)} in total)" if len(mismatched) > _MAX_LISTED else ""
-        problems.append(f"shape mismatches: {shown}{more}")
+    problems = key_problems(model_state, file_state, mismatched)
     if problems:
         raise ValueError(
             f"cannot load SonoNet weights from {where} into SonoNet-{model.width} "
