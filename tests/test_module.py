@@ -169,9 +169,40 @@ def test_epoch_metrics_are_macro_auroc_and_balanced_accuracy_over_the_whole_epoc
         ({"embedding": "flat"}, "embedding: must be one of pooled, adaptation_map"),
         ({"backbone": {**BACKBONE, "name": "resnet"}}, "backbone.name: 'resnet' is not one of"),
         ({"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.99]}}, "optimizer.betas: unknown key"),
+        ({"channels_last": "yes"}, "channels_last: must be true, false or null"),
+        ({"compile_backbone": None}, "compile_backbone: must be true or false"),
     ],
 )
 def test_invalid_arguments_name_the_key(kwargs, message):
     with pytest.raises(ValueError) as err:
         make_module(**kwargs)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("embedding", ["pooled", "adaptation_map"])
+def test_channels_last_changes_the_memory_format_not_the_embedding_or_the_checkpoint(embedding):
+    reference, module = make_module(embedding=embedding), make_module(embedding=embedding, channels_last=True)
+    reference.eval(), module.eval()
+    reference.on_fit_start()  # channels_last=None: on CUDA only, so not here
+    module.on_fit_start()
+    def second_conv(model: MultiHeadModule) -> torch.nn.Conv2d:  # (the first has one input channel: both layouts)
+        return [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)][1]
+
+    assert second_conv(module).weight.is_contiguous(memory_format=torch.channels_last)
+    assert not second_conv(reference).weight.is_contiguous(memory_format=torch.channels_last)
+    images = batch()["image"]
+    with torch.no_grad():
+        assert torch.allclose(module.embed(images), reference.embed(images), atol=1e-5)
+    assert list(module.state_dict()) == list(reference.state_dict())
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_embedding_and_the_same_state_dict():
+    reference, module = make_module(), make_module(compile_backbone=True)
+    reference.eval(), module.eval()
+    module.on_fit_start()
+    assert module._compiled_forward is not None
+    images = batch()["image"]
+    with torch.no_grad():
+        assert torch.allclose(module.embed(images), reference.embed(images), atol=1e-4)
+    assert list(module.state_dict()) == list(reference.state_dict())

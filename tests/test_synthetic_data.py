@@ -364,3 +364,36 @@ def test_datamodule_accepts_omegaconf() -> None:
     assert type(dm.metadata["spacing"]) is dict and dm.image_size == (32, 48)
     assert all(isinstance(v, (int, float, str, list, dict)) for v in dm.hparams.values())
     assert not math.isnan(dm.hparams["shortcut_strength"])
+
+
+def test_on_device_serves_the_same_batches_as_the_item_loader_one_gather_per_batch():
+    import lightning as L
+
+    from wsca_lightning.data.base import DeviceResidentDataset
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    modules = {}
+    for on_device in (False, True):
+        datamodule = SyntheticUltrasoundDataModule(num_train=40, num_val=16, batch_size=8, seed=3, on_device=on_device)
+        datamodule.trainer = trainer  # the device comes from the trainer's strategy
+        datamodule.setup("fit")
+        modules[on_device] = datamodule
+    loader = modules[True].train_dataloader()
+    assert isinstance(loader.dataset, DeviceResidentDataset)
+    assert loader.dataset is modules[True].train_dataloader().dataset  # copied to the device once
+    for plain, resident in zip(modules[False].train_dataloader(), loader):  # same seeded shuffle
+        assert torch.equal(plain["image"], resident["image"])
+        assert plain["targets"].keys() == resident["targets"].keys()
+        for name in plain["targets"]:
+            assert torch.equal(plain["targets"][name], resident["targets"][name])
+        assert plain["id"] == resident["id"] and torch.equal(plain["index"], resident["index"])
+    # single items too (the WSC callback's label check reads a Subset of the loader's dataset)
+    item, plain_item = loader.dataset[5], modules[False].train_dataset[5]
+    assert torch.equal(item["image"], plain_item["image"]) and item["id"] == plain_item["id"]
+
+
+def test_on_device_needs_the_loader_in_the_training_process():
+    with pytest.raises(ValueError, match=r"on_device: batches are cut on the device .* set num_workers: 0"):
+        SyntheticUltrasoundDataModule(on_device=True, num_workers=2)
+    with pytest.raises(ValueError, match="on_device: must be true or false"):
+        SyntheticUltrasoundDataModule(on_device="gpu")

@@ -987,7 +987,8 @@ def reference_figure(conditions: Sequence[Condition]) -> Any | None:
                 ax.hist(values, bins=bins, density=True, alpha=0.55, color=color,
                         label=f"{label}: n={values.size}, mean {values.mean():+.2f}")
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_title(textwrap.shorten(f"{condition.id}: {condition.label}", 60), fontsize=10)
+        # wrapped, not cut: long condition names would run into the neighbouring panel's title
+        ax.set_title("\n".join(textwrap.wrap(f"{condition.id}: {condition.label}", 45)), fontsize=9)
         ax.set_xlabel("cosine between head weight rows")
         ax.set_ylabel("density")
         ax.legend(loc="upper left", fontsize=7)

@@ -16,6 +16,11 @@ At the end of every training epoch (never in the sanity check) it
    computed epoch), and the heatmap to TensorBoard when that logger is on. At fit end it draws
    ``wsc_over_epochs.png``: each task's WSC with its null band beside the loss curves.
 
+Under DDP (any number of processes and nodes) each rank embeds a contiguous shard of the subset and the shards are
+gathered in order; the analysis runs on global rank zero and its plain-Python result is broadcast, so every rank
+logs the same keys and values and the result equals a single process's; an exception on one rank is raised on all
+of them (:mod:`wsca_lightning.callbacks.distributed`).
+
 Protocols: ``heads`` compares the module's own metadata heads (trained ``multitask`` or ``probe_online``, the module's
 ``wsc_protocol``); ``probe_refit`` compares the probes refitted on the cached embeddings every epoch (the paper's probe
 protocol, per epoch; pair it with ``head_mode=probe_online`` so metadata never shapes the backbone).
@@ -45,6 +50,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
 from wsca_lightning.interface import HeadWeights, SupportsWSC
 from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.summary import (
@@ -310,7 +316,7 @@ class WeightSpaceCorrelation(Callback):
         self.check_module(pl_module)
         protocol = getattr(pl_module, "wsc_protocol", None)
         self._module_protocol = None if protocol is None else str(protocol)
-        self._resolved_dir = self.dirpath or os.path.join(trainer.default_root_dir, "wsc")
+        self._resolved_dir = self.output_dir(trainer)
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
                 rank_zero_warn(
@@ -426,14 +432,12 @@ class WeightSpaceCorrelation(Callback):
                 f"WeightSpaceCorrelation embeds the dataset of a single training DataLoader; got "
                 f"{type(loader).__name__}. Use evaluate() with the dataset to analyse directly."
             )
-        dataset = analysis_view(loader.dataset)
-        subset = embed_dataset(
-            pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
-            collate_fn=loader.collate_fn,
-            to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
-        )
+        # Under DDP every rank embeds one contiguous shard of the subset and the shards are gathered; the analysis
+        # runs once, on global rank zero, and its (plain Python) result is broadcast, so every rank logs the same
+        # keys and values. A failure on any rank is raised on every rank (callbacks/distributed.py).
+        subset = self._embed_subset(trainer, pl_module, analysis_view(loader.dataset), loader.collate_fn)
         embedded = time.perf_counter()
-        _, entry = self.analyze(pl_module, subset)
+        entry = run_on_rank_zero(trainer, lambda: self.analyze(pl_module, subset)[1], "the analysis")
         analysed = time.perf_counter()
         primary = pl_module.wsc_primary_task
         pl_module.log_dict(self._logged(entry), on_step=False, on_epoch=True)
@@ -449,18 +453,42 @@ class WeightSpaceCorrelation(Callback):
         # a resumed run re-enters at the checkpoint's epoch: entries from a rolled-back timeline are dropped
         self.history = [h for h in self.history if h["epoch"] < epoch] + [record]
         self.last_entry = entry
-        if trainer.is_global_zero:
-            if self.save_matrices:
-                self._write_matrices(entry)
-            if self.save_plots:
-                self._write_heatmap(trainer, entry, primary)
-            write_table(entry, os.path.join(self._directory, TABLE_FILENAME))
+        run_on_rank_zero(trainer, lambda: self._write_epoch_files(trainer, entry, primary), "writing its files")
         done = time.perf_counter()
         record["seconds"] = done - start
         record["seconds_parts"] = {"embed": embedded - start, "analysis": analysed - embedded, "files": done - analysed}
         self._act_on_alarm(trainer, fired, epoch)
         # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
-        self._write_summary(trainer, pl_module)
+        run_on_rank_zero(trainer, lambda: self._write_summary(trainer, pl_module), "writing the summary")
+
+    def _embed_subset(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, dataset: Dataset, collate_fn: Any
+    ) -> EmbeddedSubset:
+        """The fixed subset's embeddings and labels, each rank embedding its own shard of whole embedding batches
+        (:func:`own_shard`; a rank without one embeds a placeholder image that the gather drops)."""
+        indices = self.subset_indices(len(dataset))
+        shard = own_shard(indices, trainer.global_rank, trainer.world_size, self.batch_size) or indices[:1]
+        local = run_on_every_rank(
+            trainer,
+            lambda: embed_dataset(
+                pl_module, dataset, shard, batch_size=self.batch_size, collate_fn=collate_fn,
+                to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
+            ),
+            "the embedding pass",
+        )
+        device = local.embeddings.device
+        return EmbeddedSubset(
+            gather_shards(trainer, local.embeddings, len(indices), self.batch_size),
+            {name: gather_shards(trainer, labels.to(device), len(indices), self.batch_size)
+             for name, labels in local.targets.items()},
+        )
+
+    def _write_epoch_files(self, trainer: L.Trainer, entry: Mapping[str, Any], primary: str) -> None:
+        if self.save_matrices:
+            self._write_matrices(entry)
+        if self.save_plots:
+            self._write_heatmap(trainer, entry, primary)
+        write_table(entry, os.path.join(self._directory, TABLE_FILENAME))
 
     @staticmethod
     def _logged(entry: Mapping[str, Any]) -> dict[str, float]:
@@ -537,6 +565,10 @@ class WeightSpaceCorrelation(Callback):
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure("wsc/heatmap", fig, global_step=entry["epoch"], close=False)
 
+    def output_dir(self, trainer: L.Trainer) -> str:
+        """Where this callback writes for ``trainer``: ``dirpath``, or ``<trainer.default_root_dir>/wsc``."""
+        return self.dirpath or os.path.join(trainer.default_root_dir, "wsc")
+
     @property
     def _directory(self) -> str:
         if self._resolved_dir is None:
@@ -558,6 +590,9 @@ class WeightSpaceCorrelation(Callback):
         }
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run_on_rank_zero(trainer, lambda: self._write_fit_end_files(trainer, pl_module), "writing the fit-end files")
+
+    def _write_fit_end_files(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_summary(trainer, pl_module)
         if self.save_plots and self.history and trainer.is_global_zero:
             from wsca_lightning.plots import history_figure, save_figure

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
 import sys
+import time
 import warnings
 from typing import Any, Callable, Sequence
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
-from wsca_lightning.summary import format_summary
+from wsca_lightning.summary import SUMMARY_FILENAME, format_summary
 
 CONFIG_PATH = "pkg://wsca_lightning.conf"
 
@@ -65,6 +71,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
 
     Everything is built and cross-checked before the first training step, so a bad config fails in seconds.
     """
+    check_launch(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(cfg, "data")
     try:
@@ -88,13 +95,65 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     loggers = list(instantiate_group(cfg, "logger").values())
     trainer = instantiate_node(cfg, "trainer", callbacks=[*callbacks.values(), *extra_callbacks],
                                logger=loggers or False)
+    fit_start = time.time()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     wsc = next((cb for cb in callbacks.values() if isinstance(cb, WeightSpaceCorrelation)), None)
-    if wsc is None or not wsc.history:
+    if wsc is None:
         return {}
-    summary = wsc.summary(model.wsc_primary_task)
-    return {"summary": summary, "summary_path": wsc.summary_path, "metrics": _last_metrics(trainer)}
+    summary_path = os.path.join(wsc.output_dir(trainer), SUMMARY_FILENAME)
+    if wsc.history:
+        summary = wsc.summary(model.wsc_primary_task)
+    elif os.path.exists(summary_path) and os.path.getmtime(summary_path) >= fit_start:
+        # ddp_spawn trains in child processes and brings back weights and metrics, not callback state: the summary
+        # global rank zero wrote during this fit is the record
+        with open(summary_path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+    else:
+        return {}
+    return {"summary": summary, "summary_path": summary_path, "metrics": _last_metrics(trainer)}
+
+
+def outside_launch_size() -> int:
+    """How many processes an outside launcher started for this run: torchrun's ``WORLD_SIZE``, SLURM's
+    ``SLURM_NTASKS`` (a batch job, not an interactive allocation), else 1 (Lightning launches any others itself)."""
+    if TorchElasticEnvironment.detect():
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_NTASKS", "1"))
+    return 1
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse, before anything runs, the two launches that would scatter a run over several output directories.
+
+    * A local multirun with ``strategy=ddp``: Lightning re-launches the command line for every extra rank, which
+      under ``-m`` starts the whole sweep again per rank. Sweeps use ``trainer=ddp_spawn`` locally, or the SLURM
+      launcher (``hydra/launcher=slurm``), where SLURM starts the ranks.
+    * Several processes started by ``torchrun`` or ``srun`` for one run, without ``hydra.run.dir``: the default run
+      directory holds each process's start time, which can differ by a second between ranks.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    outside_ranks = outside_launch_size()
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    several = devices not in (1, "1", [0]) or OmegaConf.select(cfg, "trainer.num_nodes", default=1) != 1
+    if (hydra_cfg.mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy and several
+            and outside_ranks == 1):
+        raise ConfigError(
+            f"trainer.strategy: {strategy!r} re-launches the command line for every extra process, which in a "
+            "multirun (-m) would start the sweep again in each. Use trainer=ddp_spawn for local sweeps, or "
+            "hydra/launcher=slurm to let SLURM start the processes."
+        )
+    run_dir_given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    if hydra_cfg.mode == RunMode.RUN and outside_ranks > 1 and not run_dir_given:
+        raise ConfigError(
+            f"hydra.run.dir: this is one of {outside_ranks} processes of one run (torchrun or srun); give every "
+            "process the same hydra.run.dir=<dir> on the command line, or each may write to its own timestamped "
+            "directory."
+        )
 
 
 def _last_metrics(trainer: L.Trainer) -> dict[str, float]:

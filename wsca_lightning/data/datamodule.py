@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from wsca_lightning.data.base import TaskDataModule, integer_problems
+from wsca_lightning.data.base import TaskDataModule, integer_problems, on_device_problems
 from wsca_lightning.data.splits import check_subset_config, configured_subset
 from wsca_lightning.data.synthetic import (
     PRETERM_CLASSES,
@@ -260,6 +260,9 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
             fitted on the whole pool, so full/balanced/biased runs share their label spaces. ``null`` = full. With
             ``val: {per_cell, major, minor}`` the validation split (pool ``num_val``) is subset the same way.
         batch_size, num_workers: DataLoader options.
+        on_device: keep both splits on the trainer's device and cut batches there
+            (:class:`~wsca_lightning.data.base.DeviceResidentDataset`; needs ``num_workers=0``): for GPU training,
+            where a CPU loader would bound the step rate.
 
     After ``__init__``: :attr:`input_shape`, :attr:`primary_task`. After :meth:`setup`: :attr:`task_specs`,
     :attr:`train_dataset`, :attr:`val_dataset` (each item's ``targets`` has one label per task).
@@ -281,6 +284,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         subset: Mapping | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
+        on_device: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -300,6 +304,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         errors = check_synthetic_options(**options)
         errors += integer_problems((("num_train", num_train, 1), ("num_val", num_val, 1), ("batch_size", batch_size, 1),
                                     ("num_workers", num_workers, 0), ("seed", seed, 0)))
+        errors += on_device_problems(on_device, num_workers)
         class_counts: dict[str, int | None] = {
             "risk": len(RISK_CLASSES),
             "scanner": num_scanners if not any(e.startswith("num_scanners:") for e in errors) else None,
@@ -327,6 +332,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
         self.subset: dict[str, Any] = subset_config
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.on_device = on_device
         self.seed = seed
         # Plain Python only: checkpoints load with weights_only=True.
         self.save_hyperparameters(
@@ -340,6 +346,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
                     "subset": subset_config,
                     "batch_size": batch_size,
                     "num_workers": num_workers,
+                    "on_device": on_device,
                     "seed": seed,
                 },
                 "hparams",

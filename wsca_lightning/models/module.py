@@ -24,7 +24,7 @@ logit trained with BCE, like SA-SonoNet. All hyperparameters are plain Python va
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -99,6 +99,9 @@ class MultiHeadModule(L.LightningModule):
         loss_weights: per-task loss weight (default 1.0 for every head).
         optimizer: ``{"name": "adamw"|"adam"|"sgd", "lr": float, "weight_decay": float, "momentum": float (sgd),
             "schedule": "constant"|"cosine"}`` (:data:`SCHEDULES`).
+        channels_last: keep the backbone and its inputs in channels-last memory format from the start of fit;
+            ``None`` (default) does so on CUDA only.
+        compile_backbone: ``torch.compile`` the backbone's forward at the start of fit (state dict unchanged).
 
     Logged per task and stage (``train``/``val``), per epoch: ``<stage>/<task>/loss``, ``<stage>/<task>/auroc``
     (macro one-vs-rest over the whole epoch) and ``<stage>/<task>/balanced_accuracy``, both averaged over the
@@ -116,6 +119,8 @@ class MultiHeadModule(L.LightningModule):
         head_mode: str = "multitask",
         loss_weights: Mapping[str, float] | None = None,
         optimizer: Mapping[str, Any] | None = None,
+        channels_last: bool | None = None,
+        compile_backbone: bool = False,
     ) -> None:
         super().__init__()
         backbone = to_plain(backbone, "backbone")
@@ -127,6 +132,10 @@ class MultiHeadModule(L.LightningModule):
         names = [s.name for s in specs]
         primary = names[0] if primary is None and names else primary
         self._validate(backbone, specs, input_shape, primary, embedding, head_mode, loss_weights, optimizer)
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last: must be true, false or null (on CUDA only), got {channels_last!r}")
+        if not isinstance(compile_backbone, bool):
+            raise ValueError(f"compile_backbone: must be true or false, got {compile_backbone!r}")
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -137,6 +146,8 @@ class MultiHeadModule(L.LightningModule):
                 "head_mode": head_mode,
                 "loss_weights": loss_weights,
                 "optimizer": optimizer,
+                "channels_last": channels_last,
+                "compile_backbone": compile_backbone,
             }
         )
         self.task_specs: list[TaskSpec] = specs
@@ -177,6 +188,18 @@ class MultiHeadModule(L.LightningModule):
 
         self.train_metrics = metrics("train")
         self.val_metrics = metrics("val")
+        self._channels_last = bool(channels_last)
+        self._compiled_forward: Callable[[Tensor], Tensor] | None = None
+
+    def on_fit_start(self) -> None:
+        # channels_last lets cuDNN use its NHWC tensor-core kernels under bf16/fp16; on CPU it only costs a copy
+        channels_last = self.hparams.channels_last
+        self._channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        if self._channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if self.hparams.compile_backbone and self._compiled_forward is None:
+            # the forward is compiled, not the module: parameter names and checkpoints stay as they are
+            self._compiled_forward = torch.compile(self._backbone_maps)
 
     @staticmethod
     def _validate(
@@ -257,9 +280,16 @@ class MultiHeadModule(L.LightningModule):
     # --- forward -------------------------------------------------------------------------------------------------
     def embed(self, images: Tensor) -> Tensor:
         """The embedding ``z`` (``(B, d)``) every head reads."""
+        if self._channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        maps = (self._compiled_forward or self._backbone_maps)(images)
+        return maps.flatten(1) if self._fixed_primary else maps.mean(dim=(2, 3))
+
+    def _backbone_maps(self, images: Tensor) -> Tensor:
+        """The backbone's output maps: SonoNet's adaptation maps (``adaptation_map``) or the last feature maps."""
         if self._fixed_primary:
-            return self.backbone.forward_adaptation(images).flatten(1)
-        return self.backbone.forward_features(images).mean(dim=(2, 3))
+            return self.backbone.forward_adaptation(images)
+        return self.backbone.forward_features(images)
 
     def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
         """Logits of every head from the embedding (metadata heads see ``z.detach()`` in ``probe_online``)."""

@@ -1,0 +1,170 @@
+"""One distributed run of the WSC callback for tests/test_distributed.py, in its own process tree:
+
+    python tests/ddp_worker.py OUT DEVICES [--fail embed:RANK | --fail analysis]
+    python tests/ddp_worker.py OUT 2 --agreement       (the collective helpers alone, on a gloo process group)
+
+Fixed weights: learning rate 0, no weight decay and BatchNorm momentum 0 (running statistics stay at their initial
+values), so runs on 1 and on 2 processes (``ddp_spawn``, gloo) embed the same images with the same model and their
+logged WSC values must agree. Every file the callback writes is recorded per rank in ``OUT/writes/rank<R>.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from types import SimpleNamespace
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+import wsca_lightning.callbacks.wsc as wsc_callback
+import wsca_lightning.plots as plots
+from wsca_lightning.callbacks import WeightSpaceCorrelation
+from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
+from wsca_lightning.data import SyntheticUltrasoundDataModule
+from wsca_lightning.models import MultiHeadModule
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def recording_writes(write: Callable[..., Any], path_position: int) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        log = Path(os.environ["WSCA_TEST_WRITES"]) / f"rank{rank()}.txt"
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{args[path_position]}\n")
+        return write(*args, **kwargs)
+
+    return wrapper
+
+
+# module level, so the spawned processes (which re-import this file) record too
+wsc_callback.write_table = recording_writes(wsc_callback.write_table, 1)
+wsc_callback.write_json = recording_writes(wsc_callback.write_json, 1)
+plots.save_figure = recording_writes(plots.save_figure, 1)
+np.savez = recording_writes(np.savez, 0)
+
+
+class EmbedFailure(MultiHeadModule):
+    """Raises inside the callback's embedding pass on one rank."""
+
+    fail_rank: int | None = None
+
+    def wsc_embed(self, batch: Any) -> torch.Tensor:
+        if rank() == self.fail_rank:
+            raise ValueError(f"injected failure in wsc_embed on rank {rank()}")
+        return super().wsc_embed(batch)
+
+
+class AnalysisFailure(WeightSpaceCorrelation):
+    """Raises in the analysis, which runs on global rank zero."""
+
+    def analyze(self, pl_module: Any, subset: Any) -> Any:
+        raise ValueError("injected failure in the analysis")
+
+
+def outcome(work: Callable[[], Any]) -> Any:
+    try:
+        return work()
+    except Exception as err:  # recorded for the test to read
+        return f"{type(err).__name__}: {err}"
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def agreement(local_rank: int, out: Path, port: int) -> None:
+    """The collective helpers on a 2-process gloo group, with a stand-in for the trainer's distributed API."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank,
+                                         world_size=2)
+
+    def broadcast(obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src)
+        return box[0]
+
+    def all_gather(tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(2)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts)
+
+    trainer = SimpleNamespace(world_size=2, global_rank=local_rank, is_global_zero=local_rank == 0,
+                              strategy=SimpleNamespace(broadcast=broadcast, all_gather=all_gather))
+    shard = own_shard(list(range(10, 15)), local_rank, 2)  # rows 10, 11, 12 | 13, 14
+    in_batches = own_shard(list(range(5)), local_rank, 2, granule=4)  # rows 0, 1, 2, 3 | 4
+    record = {
+        "gathered": gather_shards(trainer, torch.tensor(shard), 5).tolist(),
+        "gathered_in_batches": gather_shards(trainer, torch.tensor(in_batches), 5, granule=4).tolist(),
+        "every_rank": outcome(lambda: run_on_every_rank(
+            trainer, lambda: raise_value_error("only on rank 1") if local_rank == 1 else None, "a step")),
+        "zero_result": run_on_rank_zero(trainer, lambda: {"computed on": local_rank}, "a step"),
+        "zero_failure": outcome(lambda: run_on_rank_zero(trainer, lambda: raise_value_error("only on rank 0"),
+                                                         "a step")),
+    }
+    (out / f"agreement_rank{local_rank}.json").write_text(json.dumps(record))
+    torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("devices", type=int)
+    parser.add_argument("--fail", default=None, help="embed:RANK or analysis")
+    parser.add_argument("--agreement", action="store_true")
+    args = parser.parse_args()
+    if args.agreement:
+        torch.multiprocessing.spawn(agreement, args=(args.out, free_port()), nprocs=2)
+        return
+    (args.out / "writes").mkdir(parents=True, exist_ok=True)
+    os.environ["WSCA_TEST_WRITES"] = str(args.out / "writes")
+
+    L.seed_everything(0)
+    datamodule = SyntheticUltrasoundDataModule(num_train=75, num_val=32, batch_size=16, seed=0)
+    datamodule.setup("fit")
+    model = EmbedFailure(
+        backbone={"name": "sononet16", "in_channels": 1},
+        tasks=[spec.to_dict() for spec in datamodule.task_specs],
+        input_shape=list(datamodule.input_shape),
+        primary=datamodule.primary_task,
+        optimizer={"name": "adamw", "lr": 0.0, "weight_decay": 0.0},
+    )
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
+    if args.fail and args.fail.startswith("embed:"):
+        model.fail_rank = int(args.fail.split(":")[1])
+    callback_cls = AnalysisFailure if args.fail == "analysis" else WeightSpaceCorrelation
+    # 61 of 75 images: an odd subset, so the two shards differ in size
+    callback = callback_cls(subset_size=61, batch_size=16, num_permutations=20, num_bootstrap=20, seed=0,
+                            dirpath=str(args.out / "wsc"))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp_spawn" if args.devices > 1 else "auto",
+        max_epochs=2,
+        logger=CSVLogger(str(args.out), name="csv"),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+
+if __name__ == "__main__":
+    main()

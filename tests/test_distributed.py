@@ -1,0 +1,164 @@
+"""The WSC callback and the training app on 2 CPU processes (gloo, ``ddp_spawn``) against 1 process.
+
+Every distributed run happens in its own process tree (``tests/ddp_worker.py`` or ``wsca-train``) with a timeout; each
+test checks that the tree is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TINY
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ONE_EPOCH = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=1"]
+WSCA_TRAIN = Path(sys.executable).with_name("wsca-train")
+TIMEOUT_S = 240
+
+
+def run_isolated(command: list[str], cwd: Path, timeout: float = TIMEOUT_S) -> tuple[int, str, float]:
+    """Run ``command`` in a new session; returns (exit status, stdout + stderr, seconds). Fails the test if it
+    outlives ``timeout`` or leaves any process of its session behind (both are killed first)."""
+    start = time.monotonic()
+    # one torch thread per process on 1 and on 2 processes alike: the same arithmetic, bit for bit
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{command[1:3]} still running after {timeout} s (a hang); last output:\n{output[-3000:]}")
+    seconds = time.monotonic() - start
+    deadline = time.monotonic() + 10  # helpers such as multiprocessing's resource tracker exit on their own
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return proc.returncode, output, seconds  # nothing left
+        time.sleep(0.2)
+    left = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"{command[1:3]} left processes behind:\n{left}")
+
+
+def wsc_rows(out: Path) -> dict[int, dict[str, float]]:
+    """The logged ``wsc/*`` values per epoch from metrics.csv."""
+    with open(out / "csv" / "version_0" / "metrics.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    values: dict[int, dict[str, float]] = {}
+    for row in rows:
+        logged = {k: float(v) for k, v in row.items() if k.startswith("wsc/") and v != ""}
+        if logged:
+            values.setdefault(int(row["epoch"]), {}).update(logged)
+    return values
+
+
+def written(out: Path, rank: int) -> list[str]:
+    log = out / "writes" / f"rank{rank}.txt"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_callback_gives_the_same_wsc_on_two_processes_as_on_one_and_writes_files_once(tmp_path):
+    single, double = tmp_path / "one", tmp_path / "two"
+    for out, devices in ((single, 1), (double, 2)):
+        code, output, _ = run_isolated([sys.executable, str(WORKER), str(out), str(devices)], tmp_path)
+        assert code == 0, output[-3000:]
+    one, two = wsc_rows(single), wsc_rows(double)
+    assert sorted(one) == sorted(two) == [0, 1]
+    for epoch in one:
+        assert sorted(one[epoch]) == sorted(two[epoch])
+        assert len(one[epoch]) > 20  # every task's max_abs, mean_abs, p, z, probe_auroc, ...
+        for key, value in one[epoch].items():
+            assert two[epoch][key] == pytest.approx(value, abs=1e-5), key
+    # the analysed subset is the same 61 images, no sampler padding: same count in both summaries
+    summaries = [json.loads((out / "wsc" / "wsc_summary.json").read_text()) for out in (single, double)]
+    assert summaries[0]["n_embeddings"] == summaries[1]["n_embeddings"] == 61
+    # one set of files: rank 1 wrote nothing, rank 0 the same files as the single process
+    assert written(double, 1) == []
+    assert sorted(set(written(double, 0))) == sorted(set(p.replace(str(single), str(double))
+                                                         for p in written(single, 0)))
+    assert sorted(p.name for p in (double / "wsc").iterdir()) == sorted(p.name for p in (single / "wsc").iterdir())
+
+
+@pytest.mark.parametrize(
+    "fail, error",
+    [
+        ("embed:1", "ValueError: injected failure in wsc_embed on rank 1"),
+        ("analysis", "ValueError: injected failure in the analysis"),
+    ],
+)
+def test_a_failure_on_one_rank_ends_the_job_with_that_error_instead_of_hanging(tmp_path, fail, error):
+    code, output, seconds = run_isolated([sys.executable, str(WORKER), str(tmp_path / "run"), "2", "--fail", fail],
+                                         tmp_path, timeout=180)
+    assert code != 0
+    # whichever rank the launcher reports first, its error names the original one (RankFailure quotes it)
+    assert error in output
+    # the error reached the parent well before any collective timeout (30 min by default)
+    assert seconds < 180
+
+
+def test_collective_helpers_raise_on_every_rank_and_gather_uneven_shards_in_order(tmp_path):
+    code, output, _ = run_isolated([sys.executable, str(WORKER), str(tmp_path), "2", "--agreement"], tmp_path,
+                                   timeout=120)
+    assert code == 0, output[-3000:]
+    outcomes = [json.loads((tmp_path / f"agreement_rank{r}.json").read_text()) for r in (0, 1)]
+    # 5 rows over 2 ranks (shards of 3 and 2, padded for the gather): every rank gets them all, in order
+    assert outcomes[0]["gathered"] == outcomes[1]["gathered"] == [10, 11, 12, 13, 14]
+    # in whole batches of 4: shards of 4 and 1 rows
+    assert outcomes[0]["gathered_in_batches"] == outcomes[1]["gathered_in_batches"] == [0, 1, 2, 3, 4]
+    # run_on_every_rank, failing on rank 1 only: rank 1 re-raises its error, rank 0 a RankFailure quoting it
+    assert outcomes[1]["every_rank"] == "ValueError: only on rank 1"
+    assert outcomes[0]["every_rank"].startswith("RankFailure: ")
+    assert "rank 1: ValueError: only on rank 1" in outcomes[0]["every_rank"]
+    # run_on_rank_zero: the result reaches rank 1; a failure on rank 0 reaches it as a RankFailure
+    assert outcomes[0]["zero_result"] == outcomes[1]["zero_result"] == {"computed on": 0}
+    assert outcomes[0]["zero_failure"] == "ValueError: only on rank 0"
+    assert outcomes[1]["zero_failure"].startswith("RankFailure: ")
+
+
+def key_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every key path of a JSON document (list items merged under ``[]``)."""
+    if isinstance(value, dict):
+        return {p for k, v in value.items() for p in {f"{prefix}/{k}"} | key_paths(v, f"{prefix}/{k}")}
+    if isinstance(value, list):
+        return {p for item in value for p in key_paths(item, f"{prefix}[]")}
+    return set()
+
+
+def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path):
+    summaries = {}
+    for trainer in ("cpu", "ddp_spawn"):
+        run = tmp_path / trainer
+        code, output, _ = run_isolated(
+            [str(WSCA_TRAIN), f"hydra.run.dir={run}", f"trainer={trainer}", *ONE_EPOCH], tmp_path)
+        assert code == 0, output[-3000:]
+        assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in output  # the app's report, also after spawn
+        summaries[trainer] = json.loads((run / "wsc" / "wsc_summary.json").read_text())
+        assert len(list(tmp_path.iterdir())) == len(summaries)  # one output directory per run, none per rank
+    assert key_paths(summaries["ddp_spawn"]) == key_paths(summaries["cpu"])
+    assert [h["epoch"] for h in summaries["ddp_spawn"]["history"]] == [0]
+
+
+def test_a_multirun_of_two_ddp_spawn_jobs_gives_each_job_its_own_directory(tmp_path):
+    sweep = tmp_path / "sweep"
+    code, output, _ = run_isolated(
+        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0,1", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], tmp_path)
+    assert code == 0, output[-3000:]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job, seed in (("0", 0), ("1", 1)):
+        assert (sweep / job / "wsc" / "wsc_summary.json").exists()
+        assert f"seed: {seed}" in (sweep / job / ".hydra" / "config.yaml").read_text()
