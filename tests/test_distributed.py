@@ -162,3 +162,17 @@ def test_a_multirun_of_two_ddp_spawn_jobs_gives_each_job_its_own_directory(tmp_p
     for job, seed in (("0", 0), ("1", 1)):
         assert (sweep / job / "wsc" / "wsc_summary.json").exists()
         assert f"seed: {seed}" in (sweep / job / ".hydra" / "config.yaml").read_text()
+
+
+def test_ddp_started_by_lightning_writes_one_run_directory_for_both_ranks(tmp_path):
+    """strategy=ddp: Lightning re-runs the command line for rank 1 and hands it rank 0's Hydra run directory, so the
+    default timestamped directory exists once (checked without giving hydra.run.dir)."""
+    code, output, _ = run_isolated(
+        [str(WSCA_TRAIN), "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+         *ONE_EPOCH], tmp_path)
+    assert code == 0, output[-3000:]
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    assert (runs[0] / "wsc" / "wsc_summary.json").exists()
+    assert output.count("WSC summary:") == 1  # rank 1 trains, only rank 0 reports
+    assert (runs[0] / ".hydra" / "config.yaml").exists()

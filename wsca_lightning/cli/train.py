@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
@@ -96,7 +98,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     trainer = instantiate_node(cfg, "trainer", callbacks=[*callbacks.values(), *extra_callbacks],
                                logger=loggers or False)
     fit_start = time.time()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        # a process group left to the interpreter's exit aborts it ("terminate called without an active exception")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     wsc = next((cb for cb in callbacks.values() if isinstance(cb, WeightSpaceCorrelation)), None)
     if wsc is None:
@@ -174,14 +181,16 @@ def format_report(result: dict[str, Any]) -> str:
     ])
 
 
-def report_or_exit(action: Callable[[], str]) -> None:
-    """Print what ``action`` returns; a ``ConfigError`` is printed to stderr and exits with status 2."""
+def report_or_exit(action: Callable[[], str | None]) -> None:
+    """Print what ``action`` returns (nothing for ``None``); a ``ConfigError`` is printed to stderr and exits with
+    status 2."""
     try:
         text = action()
     except ConfigError as err:
         print(f"Configuration error:\n{err}", file=sys.stderr)
         sys.exit(2)
-    print(text)
+    if text is not None:
+        print(text)
 
 
 def launch(hydra_main: Callable[[], None]) -> None:
@@ -191,9 +200,15 @@ def launch(hydra_main: Callable[[], None]) -> None:
     hydra_main()
 
 
+def train_and_report(cfg: DictConfig) -> str | None:
+    """Train and format the report; under DDP every process runs this and only global rank zero reports."""
+    result = train(cfg)
+    return format_report(result) if rank_zero_only.rank == 0 else None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
-    report_or_exit(lambda: format_report(train(cfg)))
+    report_or_exit(lambda: train_and_report(cfg))
 
 
 def main() -> None:
