@@ -1,8 +1,8 @@
 """Collective steps of the WSC callback under DDP: a sharded embedding pass, and failures that reach every rank.
 
 Lightning's strategy offers ``broadcast`` and an ``all_gather`` of equally shaped tensors. What the callback needs
-beyond that lives here: gathering shards whose row counts differ by one, and making an exception on one process
-an exception on all of them. Without the latter, one rank that fails inside the callback leaves the others waiting
+beyond that lives here: sharding in whole embedding batches, gathering shards of unequal length, and making an
+exception on one process an exception on all of them. Without the latter, one rank that fails inside the callback leaves the others waiting
 in the next collective (the gradient all-reduce) until the process group times out, by default after 30 minutes.
 
 With one process every function here reduces to the plain local call.
