@@ -30,11 +30,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
-from wsca_lightning.cli.train import train
+from wsca_lightning.cli.train import compose_train_config, train
 
 RESULTS = Path(__file__).parent / "results" / "callback_overhead.json"
 
@@ -55,15 +52,11 @@ class EpochTimer(L.Callback):
 
 def run_arm(with_wsc: bool, epochs: int, workdir: Path) -> dict:
     out = Path(tempfile.mkdtemp(dir=workdir))
-    overrides = [f"paths.output_dir={out}", f"hydra.run.dir={out}", f"trainer.max_epochs={epochs}",
-                 "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
+    overrides = [f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false", "callbacks.model_checkpoint=null",
                  "callbacks.last_checkpoint=null"]
     if not with_wsc:
         overrides.append("callbacks.wsc=null")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
-        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = compose_train_config(out, overrides)
     timer = EpochTimer()  # after the configured callbacks: its epoch end comes after the WSC callback's
     result = train(cfg, extra_callbacks=[timer])
     shutil.rmtree(out, ignore_errors=True)

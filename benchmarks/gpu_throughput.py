@@ -34,11 +34,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
-from wsca_lightning.cli.train import train
+from wsca_lightning.cli.train import compose_train_config, train
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -82,15 +79,6 @@ class StepTimer(L.Callback):
             trainer.should_stop = True
 
 
-def config(out: Path, overrides: list[str]) -> Any:
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
-        cfg = compose("train", overrides=[f"paths.output_dir={out}", f"hydra.run.dir={out}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
 def run_arm(workdir: Path, base: list[str], extra: list[str], warmup: int, steps: int, batch_size: int,
             with_wsc: bool = False) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(dir=workdir))
@@ -101,7 +89,7 @@ def run_arm(workdir: Path, base: list[str], extra: list[str], warmup: int, steps
     if not with_wsc:
         overrides.append("callbacks.wsc=null")
     start = time.perf_counter()
-    result = train(config(out, overrides), extra_callbacks=[timer])
+    result = train(compose_train_config(out, overrides), extra_callbacks=[timer])
     arm: dict[str, Any] = {"overrides": extra, "images_per_s": timer.images_per_s,
                            "host_syncs_per_step": timer.host_syncs_per_step,
                            "wall_s": round(time.perf_counter() - start, 2)}

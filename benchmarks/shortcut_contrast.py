@@ -24,11 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-
-from wsca_lightning.cli.train import train
+from wsca_lightning.cli.train import compose_train_config, train
 
 RESULTS = Path(__file__).parent / "results" / "shortcut_contrast.json"
 PROTOCOL_OVERRIDES = {
@@ -39,13 +35,8 @@ PROTOCOL_OVERRIDES = {
 
 def run(protocol: str, strength: float, seed: int, workdir: Path) -> dict:
     out = workdir / f"{protocol}_s{strength}_seed{seed}"
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
-            f"paths.output_dir={out}", f"hydra.run.dir={out}", f"seed={seed}",
-            f"data.shortcut_strength={strength}", "trainer.enable_progress_bar=false",
-            *PROTOCOL_OVERRIDES[protocol]])
-    HydraConfig().set_config(cfg)
+    cfg = compose_train_config(out, [f"seed={seed}", f"data.shortcut_strength={strength}",
+                                     "trainer.enable_progress_bar=false", *PROTOCOL_OVERRIDES[protocol]])
     start = time.perf_counter()
     result = train(cfg)
     summary = result["summary"]

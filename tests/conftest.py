@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from wsca_lightning.cli.train import compose_train_config
 
 # CI replays the same property-test examples on every run (a landing never hangs on a newly drawn example);
 # local runs keep drawing new ones, which is where counterexamples are found.
@@ -29,20 +28,6 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
 ]
-
-
-def compose_train_config(output_dir: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
-    """The `train` (or another entry) config with `paths.output_dir` pointing at ``output_dir`` and Hydra's runtime
-    config set."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"paths.output_dir={output_dir}", f"hydra.run.dir={output_dir}", *overrides],
-            return_hydra_config=True,
-        )
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 import hydra
 import lightning as L
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -129,6 +131,18 @@ def outside_launch_size() -> int:
     if SLURMEnvironment.detect():
         return int(os.environ.get("SLURM_NTASKS", "1"))
     return 1
+
+
+def compose_train_config(output_dir: str | os.PathLike, overrides: Sequence[str] = (),
+                         config_name: str = "train") -> DictConfig:
+    """The config `wsca-train` would run with these command-line ``overrides``, writing to ``output_dir``, with
+    Hydra's runtime config set: what :func:`train` needs when called from Python (benchmarks, tests, notebooks)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module="wsca_lightning.conf"):
+        cfg = compose(config_name=config_name, return_hydra_config=True,
+                      overrides=[f"paths.output_dir={output_dir}", f"hydra.run.dir={output_dir}", *overrides])
+    HydraConfig().set_config(cfg)
+    return cfg
 
 
 def check_launch(cfg: DictConfig) -> None:
