@@ -23,7 +23,6 @@ torchvision's ImageNet weights were trained on RGB inputs normalised with the Im
 from __future__ import annotations
 
 import math
-import operator
 import os
 from collections.abc import Callable, Mapping
 
@@ -31,7 +30,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from wsca_lightning.models.sononet import _read_state_dict, key_problems
+from wsca_lightning.models.sononet import _read_state_dict, integer_sides, key_problems
 
 __all__ = [
     "RESNETS",
@@ -65,17 +64,12 @@ _STEM_AND_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "laye
 def check_resnet_input_size(height: int, width: int) -> None:
     """Raise ``ValueError`` unless ``height`` and ``width`` are integers >= 32 (ResNet downsamples 32x; any such
     size works because the feature map is average-pooled)."""
-    size = [height, width]
     problems = []
-    for name, value in (("height", height), ("width", width)):
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"image size {size}: {name} must be an integer, got {type(value).__name__}") from None
+    for name, value in integer_sides(height, width):
         if value < RESNET_MIN_SIZE:
             problems.append(f"{name} {value} must be >= {RESNET_MIN_SIZE} (ResNet downsamples {RESNET_DOWNSAMPLING}x)")
     if problems:
-        raise ValueError(f"image size {size}: " + "; ".join(problems))
+        raise ValueError(f"image size {[height, width]}: " + "; ".join(problems))
 
 
 class ResNetBackbone(nn.Module):

@@ -49,19 +49,26 @@ _FIRST_CONV = "features.0.0.0.weight"
 _MAX_LISTED = 10
 
 
+def integer_sides(height: int, width: int) -> list[tuple[str, int]]:
+    """``[("height", h), ("width", w)]`` as integers; ``TypeError`` naming the image size when a side is not one."""
+    sides = []
+    for name, value in (("height", height), ("width", width)):
+        try:
+            sides.append((name, operator.index(value)))
+        except TypeError:
+            raise TypeError(f"image size {[height, width]}: {name} must be an integer, got "
+                            f"{type(value).__name__}") from None
+    return sides
+
+
 def check_input_size(height: int, width: int) -> None:
     """Raise ``ValueError`` unless both ``height`` and ``width`` are positive multiples of 16.
 
     SonoNet has four 2x max-pools; any other size would be silently floored, and the feature map would no longer
     line up with the image. The message names the offending size and suggests the nearest valid sizes.
     """
-    size = [height, width]
     problems = []
-    for name, value in (("height", height), ("width", width)):
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"image size {size}: {name} must be an integer, got {type(value).__name__}") from None
+    for name, value in integer_sides(height, width):
         if value <= 0:
             problems.append(f"{name} {value} must be a positive multiple of {DOWNSAMPLING}")
         elif value % DOWNSAMPLING:
@@ -73,7 +80,7 @@ def check_input_size(height: int, width: int) -> None:
                 f"use {' or '.join(str(c) for c in candidates)}"
             )
     if problems:
-        raise ValueError(f"image size {size}: " + "; ".join(problems))
+        raise ValueError(f"image size {[height, width]}: " + "; ".join(problems))
 
 
 def _conv_unit(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
