@@ -50,6 +50,9 @@ def test_analyze_writes_summary_table_and_heatmap_with_probe_refit(trained, tmp_
         assert set(task["probe"]) >= {"auroc", "auroc_ci", "balanced_accuracy"}
         assert isinstance(task["interpretable"], bool)
         assert set(task["deconfounded"]) >= {"max_abs", "p"}
+        assert task["probe"]["split"] == "validation"  # the gate reads images the backbone did not train on
+        assert set(task["test"]["parts"]) == {"permutation", "deconfounded", "blind"}
+        assert task["test"]["p"] >= task["null"]["p"]
     on_disk = json.loads(Path(paths["summary"]).read_text())
     assert on_disk["tasks"].keys() == summary["tasks"].keys()
     with open(paths["table"]) as f:
@@ -163,6 +166,17 @@ def test_python_api_analyzes_any_backbone_and_head(tmp_path):
     assert summary["tasks"]["site"]["interpretable"] is True
     assert summary["tasks"]["noise"]["interpretable"] is False
     assert "includes chance" in summary["tasks"]["noise"]["reason"]
+    assert summary["tasks"]["site"]["probe"]["split"] == "subset_holdout"
+    # with images the backbone did not see, the gate is measured on them
+    fresh = torch.randn(200, 8, generator=g)
+    held_out = [(fresh, {"plane": fresh[:, :3].argmax(dim=1), "site": (fresh[:, 3] > 0).long(),
+                         "noise": torch.randint(0, 3, (200,), generator=g)})]
+    again = analyze_model(backbone, head, ((xb, {"plane": yb, "site": sb, "noise": nb}) for xb, yb, sb, nb in loader),
+                          primary="plane", holdout_batches=held_out,
+                          class_names={"plane": ["a", "b", "c"], "site": ["s0", "s1"], "noise": ["n0", "n1", "n2"]})
+    assert again["tasks"]["site"]["probe"]["split"] == "validation"
+    assert again["tasks"]["site"]["probe"]["n_holdout"] == 200 and again["tasks"]["site"]["interpretable"] is True
+    assert again["tasks"]["noise"]["interpretable"] is False
     # a binary metadata task also gets the identifiable w1 - w0 form
     assert summary["tasks"]["site"]["identifiable"]["cols"] == ["s1-s0"]
     assert backbone.training  # the train/eval state is restored

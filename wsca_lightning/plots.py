@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wsca_lightning.summary import decision_p
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
@@ -80,9 +82,9 @@ def _task_header(name: str, task: Mapping[str, Any]) -> str:
     max_abs = task.get("max_abs")
     if max_abs is not None:
         lines.append(f"max|cos| {float(max_abs):.2f}")
-    null = task.get("null")
-    if null is not None and null.get("p") is not None:
-        lines.append(f"p={float(null['p']):.3g}")
+    p = decision_p(task)
+    if p is not None:
+        lines.append(f"p={float(p):.3g}")
     if task.get("interpretable") is False:
         lines.append("not interpretable")
     return "\n".join(lines)
@@ -234,7 +236,7 @@ def history_figure(history: Sequence[Mapping[str, Any]], primary: str, *, alpha:
         rows_ = [r or {} for r in rows]
         xs = epochs[present]
         ys = np.array([_as_float(r.get("max_abs")) for r, ok in zip(rows_, present) if ok])
-        ps = np.array([_as_float(r.get("p")) for r, ok in zip(rows_, present) if ok])
+        ps = np.array([_as_float(decision_p(r)) for r, ok in zip(rows_, present) if ok])
         lo = np.array([_as_float(r.get("q05")) for r, ok in zip(rows_, present) if ok])
         hi = np.array([_as_float(r.get("q95")) for r, ok in zip(rows_, present) if ok])
         last = next((r for r in reversed(rows) if r is not None), {})

@@ -106,6 +106,7 @@ def analyze_model(
     metadata_heads: Mapping[str, nn.Module | Tensor] | None = None,
     settings: AnalysisSettings | None = None,
     device: str | torch.device | None = None,
+    holdout_batches: Iterable[tuple[Tensor, Mapping[str, Tensor]]] | None = None,
 ) -> dict[str, Any]:
     """WSC of any backbone + linear primary head; returns the summary (the ``wsc_summary.json`` format).
 
@@ -121,6 +122,9 @@ def analyze_model(
             compared through a probe refitted on the embeddings (the paper's probe protocol).
         settings: :class:`~wsca_lightning.wsc.AnalysisSettings`.
         device: where the backbone runs (default: where its parameters are).
+        holdout_batches: ``(images, labels)`` batches of data the backbone did *not* train on (e.g. validation
+            images): the encodability gate measures each probe there. Without them it uses a held-out part of
+            ``batches``, which a backbone that memorised a metadata column through a trained head passes.
     """
     tasks = [t for t in class_names if t != primary]
     if primary not in class_names:
@@ -143,8 +147,12 @@ def analyze_model(
                 raise ValueError(f"batch {i}: labels have no entry for task {t!r} (got {sorted(batch_labels)})")
         return {t: torch.as_tensor(batch_labels[t]).cpu() for t in names}
 
-    subset = embed_batches(backbone, enumerate(batches),
-                           lambda numbered: backbone(numbered[1][0].to(device)).flatten(1).cpu(), labels_of)
+    def embed(source: Iterable[tuple[Tensor, Mapping[str, Tensor]]]) -> Any:
+        return embed_batches(backbone, enumerate(source),
+                             lambda numbered: backbone(numbered[1][0].to(device)).flatten(1).cpu(), labels_of)
+
+    subset = embed(batches)
+    holdout = None if holdout_batches is None else embed(holdout_batches)
     embeddings, stacked = subset.embeddings, subset.targets
     primary_weight = _as_weight(primary_head, "primary_head").cpu()
     analysis = analyze_embeddings(
@@ -156,6 +164,8 @@ def analyze_model(
         primary_labels=stacked[primary],
         class_names={**{t: list(class_names[t]) for t in tasks}, "__primary__": list(class_names[primary])},
         settings=settings,
+        holdout_embeddings=None if holdout is None else holdout.embeddings,
+        holdout_labels=None if holdout is None else {t: holdout.targets[t] for t in tasks},
     )
     entry = analysis_entry(analysis, list(class_names[primary]), {t: list(class_names[t]) for t in tasks})
     protocol = "probe_refit" if not metadata_heads else ("heads" if len(metadata_heads) == len(tasks) else "mixed")

@@ -35,6 +35,7 @@ import yaml
 
 from wsca_lightning import plots
 from wsca_lightning.plain import csv_cell
+from wsca_lightning.summary import decision_p
 
 __all__ = [
     "Condition",
@@ -532,7 +533,8 @@ def _get(mapping: Any, *keys: str) -> Any:
 
 
 def _task_p(task: Mapping[str, Any]) -> float | None:
-    return _finite(_get(task, "null", "p"))
+    """The verdict's p of a task entry or history record (:func:`wsca_lightning.summary.decision_p`)."""
+    return _finite(decision_p(task))
 
 
 def _significant(task: Mapping[str, Any], alpha: float) -> bool:
@@ -929,8 +931,7 @@ def history_condition_figure(condition: Condition, tasks: Sequence[str], alpha: 
             _band(ax, xs, mean, sd, color=color)
             significant = np.zeros(xs.size, dtype=bool)
             for i, epoch in enumerate(xs):
-                flags = [_significant({"null": {"p": _get(e, "tasks", name, "p")},
-                                       "interpretable": _get(e, "tasks", name, "interpretable")}, alpha)
+                flags = [_significant(_get(e, "tasks", name), alpha)
                          for hist in per_run for e in hist if _finite(e.get("epoch")) == epoch
                          and _get(e, "tasks", name) is not None]
                 significant[i] = bool(flags) and sum(flags) >= len(flags) / 2

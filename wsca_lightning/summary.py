@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from wsca_lightning.plain import csv_cell
-from wsca_lightning.wsc import WSCAnalysis
+
+if TYPE_CHECKING:  # the report reads summaries without importing torch
+    from wsca_lightning.wsc import WSCAnalysis
 
 SUMMARY_FILENAME = "wsc_summary.json"
 TABLE_FILENAME = "wsc_table.csv"
@@ -23,8 +25,20 @@ HEATMAP_FILENAME = "wsc_heatmap.png"
 TABLE_COLUMNS: tuple[str, ...] = (
     "task", "source", "max_abs", "mean_abs", "unprojected_max_abs", "z", "p", "B", "null_q95", "probe_auroc",
     "probe_auroc_ci_low", "probe_auroc_ci_high", "probe_balanced_accuracy", "interpretable", "deconfounded_max_abs",
-    "deconfounded_p", "k", "reason",
+    "deconfounded_p", "k", "reason", "test_p", "effect", "effect_ci_low", "effect_ci_high", "probe_split", "verdict",
 )
+
+
+def decision_p(task: Mapping[str, Any]) -> float | None:
+    """The p-value a verdict reads, from a task's summary entry or history record: the shortcut test's ``p``
+    (``test.p`` / ``test_p``), or the permutation null's for summaries written before the test existed."""
+    test = task.get("test")
+    if isinstance(test, Mapping):
+        return test.get("p")
+    if "test_p" in task:
+        return task["test_p"]
+    null = task.get("null")
+    return null.get("p") if isinstance(null, Mapping) else task.get("p")
 
 
 def analysis_entry(
@@ -78,6 +92,9 @@ def history_tasks(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "interpretable": task["interpretable"],
             "deconfounded_max_abs": deconfounded.get("max_abs"),
             "deconfounded_p": deconfounded.get("p"),
+            "test_p": decision_p(task),
+            "effect": (task.get("test") or {}).get("effect"),
+            "effect_ci": (task.get("test") or {}).get("effect_ci", [None, None]),
         }
     return out
 
@@ -89,6 +106,7 @@ def table_rows(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
         null = task.get("null") or {}
         deconfounded = task.get("deconfounded") or {}
         probe = task["probe"]
+        test = task.get("test") or {}
         rows.append({
             "task": name,
             "source": task["source"],
@@ -108,6 +126,12 @@ def table_rows(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
             "deconfounded_p": deconfounded.get("p"),
             "k": entry["k"],
             "reason": task.get("reason") or deconfounded.get("reason"),
+            "test_p": decision_p(task),
+            "effect": test.get("effect"),
+            "effect_ci_low": (test.get("effect_ci") or [None, None])[0],
+            "effect_ci_high": (test.get("effect_ci") or [None, None])[1],
+            "probe_split": probe.get("split"),
+            "verdict": verdict(task),
         })
     return rows
 
@@ -137,10 +161,11 @@ def write_table(entry: Mapping[str, Any], path: str) -> None:
 
 
 def verdict(task: Mapping[str, Any], alpha: float = 0.05) -> str:
-    """One word for a task: ``not interpretable``, ``significant`` (p < alpha), ``n.s.`` or ``no null``."""
+    """One word for a task: ``not interpretable``, ``significant`` (shortcut test p < alpha), ``n.s.`` or
+    ``no null``."""
     if not task["interpretable"]:
         return "not interpretable"
-    p = (task.get("null") or {}).get("p")
+    p = decision_p(task)
     if p is None:
         return "no null"
     return "significant" if p < alpha else "n.s."
@@ -153,21 +178,26 @@ def format_summary(summary: Mapping[str, Any], alpha: float = 0.05) -> str:
     def num(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
+    splits = sorted({task["probe"].get("split", "subset_holdout") for task in summary["tasks"].values()})
     lines = [
         f"primary task '{summary['primary']}' ({summary.get('protocol')}), epoch {summary.get('epoch')}, "
         f"k = {summary['k']} principal components ({summary['explained_variance']:.1%} of the variance of "
-        f"{summary['n_embeddings']} training embeddings)",
-        f"{'metadata task':<18}{'max|WSC|':>9}{'p':>8}{'null q95':>9}{'probe AUROC [CI]':>22}{'deconf.':>9}  verdict",
+        f"{summary['n_embeddings']} training embeddings); probe AUROC measured on: {', '.join(splits)}",
+        f"{'metadata task':<18}{'max|WSC|':>9}{'effect [CI]':>22}{'p':>8}{'probe AUROC [CI]':>22}{'deconf.':>9}"
+        "  verdict",
     ]
     for name, task in summary["tasks"].items():
-        null = task.get("null") or {}
+        test = task.get("test") or {}
         probe = task["probe"]
         ci = probe["auroc_ci"]
         auroc = f"{num(probe['auroc'], '.3f')} [{num(ci[0], '.2f')}, {num(ci[1], '.2f')}]"
+        effect_ci = test.get("effect_ci") or [None, None]
+        effect = f"{num(test.get('effect'), '+.3f')} [{num(effect_ci[0], '+.2f')}, {num(effect_ci[1], '+.2f')}]"
         deconfounded = (task.get("deconfounded") or {}).get("max_abs")
-        lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{num(null.get('p'), '.3f'):>8}"
-                     f"{num(null.get('q95'), '.3f'):>9}{auroc:>22}{num(deconfounded, '.3f'):>9}"
-                     f"  {verdict(task, alpha)}")
-    lines.append(f"significant: max|WSC| beyond the permutation null (p < {alpha}) of an encoded task (probe AUROC "
-                 "interval above 0.5): the primary head shares that metadata's directions.")
+        lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{effect:>22}{num(decision_p(task), '.3f'):>8}"
+                     f"{auroc:>22}{num(deconfounded, '.3f'):>9}  {verdict(task, alpha)}")
+    lines.append(f"significant: shortcut test p < {alpha} (the head beyond the permutation null, and the probe made "
+                 "independent of the primary label beyond its own) for an encoded task (probe AUROC interval above "
+                 "0.5): the primary head uses that metadata's directions. effect: max|WSC| minus the null's median, "
+                 "with its bootstrap interval.")
     return "\n".join(lines)

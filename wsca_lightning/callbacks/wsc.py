@@ -58,6 +58,7 @@ from wsca_lightning.summary import (
     SUMMARY_FILENAME,
     TABLE_FILENAME,
     analysis_entry,
+    decision_p,
     history_tasks,
     write_json,
     write_table,
@@ -189,9 +190,10 @@ class WeightSpaceCorrelation(Callback):
         batch_size: batch size of the embedding pass.
         every_n_epochs: compute every n-th epoch (the last epoch is always computed).
         k_min, var_threshold, num_permutations, holdout_fraction, l2, max_iter, tol, num_bootstrap, ci_level,
-            auroc_floor, deconfound, seed, k_values: the analysis (:class:`wsca_lightning.wsc.AnalysisSettings`);
-            ``seed`` also draws the subset; ``k_values`` adds max |WSC| at those projection sizes (``k_sweep`` in
-            the summary, the paper's Fig. 4).
+            auroc_floor, deconfound, seed, k_values, decision: the analysis
+            (:class:`wsca_lightning.wsc.AnalysisSettings`); ``seed`` also draws the subset; ``k_values`` adds max
+            |WSC| at those projection sizes (``k_sweep`` in the summary, the paper's Fig. 4); ``decision`` forms the
+            verdict's p (``calibrated``, the default, or the old ``permutation``).
         alarm: ``{"tasks": [...], "action": "warn"|"stop", "alpha": 0.05, "patience": 3}`` (:class:`AlarmSettings`).
         dirpath: where files go (default ``<trainer.default_root_dir>/wsc``).
         save_matrices: write the per-epoch ``.npz`` files.
@@ -218,6 +220,7 @@ class WeightSpaceCorrelation(Callback):
         deconfound: bool = True,
         seed: int = 0,
         k_values: Sequence[int] = (),
+        decision: str = "calibrated",
         alarm: Mapping[str, Any] | None = None,
         dirpath: str | None = None,
         save_matrices: bool = True,
@@ -237,6 +240,7 @@ class WeightSpaceCorrelation(Callback):
             holdout_fraction=holdout_fraction, l2=l2, max_iter=max_iter, tol=tol, num_bootstrap=num_bootstrap,
             ci_level=ci_level, auroc_floor=auroc_floor, deconfound=deconfound, seed=seed,
             k_values=tuple(k_values) if isinstance(k_values, Sequence) and not isinstance(k_values, str) else k_values,
+            decision=decision,
         )
         problems += self.settings.problems()
         if not problems:
@@ -277,6 +281,7 @@ class WeightSpaceCorrelation(Callback):
         self.last_entry: dict[str, Any] | None = None
         self._resolved_dir: str | None = None
         self._module_protocol: str | None = None
+        self._warned_no_validation = False
 
     @property
     def state_key(self) -> str:
@@ -378,8 +383,21 @@ class WeightSpaceCorrelation(Callback):
         perm = torch.randperm(dataset_size, generator=generator)[: min(self.subset_size, dataset_size)]
         return sorted(perm.tolist())
 
-    def analyze(self, pl_module: SupportsWSC, subset: EmbeddedSubset) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """Run the engine on an embedded subset; returns the analysis and its summary entry (plain Python)."""
+    def holdout_indices(self, dataset_size: int) -> list[int]:
+        """The fixed rows of the validation data that measure the encodability gate: as many as the subset holds
+        out (``round(subset_size * holdout_fraction)``), a seeded draw, sorted."""
+        size = int(round(self.subset_size * self.settings.holdout_fraction))
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        return sorted(torch.randperm(dataset_size, generator=generator)[: min(size, dataset_size)].tolist())
+
+    def analyze(
+        self, pl_module: SupportsWSC, subset: EmbeddedSubset, holdout: EmbeddedSubset | None = None
+    ) -> tuple[WSCAnalysis, dict[str, Any]]:
+        """Run the engine on an embedded subset; returns the analysis and its summary entry (plain Python).
+
+        ``holdout``: embeddings and labels of data the backbone did not train on (the validation data), where the
+        encodability gate measures each probe; without it the gate uses the subset's held-out part.
+        """
         tasks = self.check_module(pl_module)
         heads: Mapping[str, HeadWeights] = pl_module.wsc_head_weights()
         primary = pl_module.wsc_primary_task
@@ -397,6 +415,8 @@ class WeightSpaceCorrelation(Callback):
             primary_labels=subset.targets[primary],
             class_names={**cols, "__primary__": list(heads[primary].row_names)},
             settings=self.settings,
+            holdout_embeddings=None if holdout is None else holdout.embeddings,
+            holdout_labels=None if holdout is None else {t: holdout.targets[t] for t in tasks},
         )
         entry = analysis_entry(analysis, list(heads[primary].row_names), cols)
         stalled = [t for t, task in analysis.tasks.items() if not task.probe.converged]
@@ -409,14 +429,29 @@ class WeightSpaceCorrelation(Callback):
         return analysis, entry
 
     def evaluate(
-        self, pl_module: SupportsWSC, dataset: Dataset, *, collate_fn: Any = None, to_device: Any = None
+        self,
+        pl_module: SupportsWSC,
+        dataset: Dataset,
+        *,
+        holdout_dataset: Dataset | None = None,
+        collate_fn: Any = None,
+        to_device: Any = None,
     ) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc)."""
+        """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc).
+
+        ``holdout_dataset``: data the backbone did not train on (e.g. the validation split), where the encodability
+        gate is measured (:meth:`holdout_indices` of it); without it the gate uses the subset's held-out part.
+        """
         self.check_module(pl_module)
         dataset = analysis_view(dataset)
         subset = embed_dataset(pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
                                collate_fn=collate_fn, to_device=to_device)
-        return self.analyze(pl_module, subset)
+        holdout = None
+        if holdout_dataset is not None:
+            holdout_dataset = analysis_view(holdout_dataset)
+            holdout = embed_dataset(pl_module, holdout_dataset, self.holdout_indices(len(holdout_dataset)),
+                                    batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device)
+        return self.analyze(pl_module, subset, holdout)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -435,9 +470,23 @@ class WeightSpaceCorrelation(Callback):
         # Under DDP every rank embeds one contiguous shard of the subset and the shards are gathered; the analysis
         # runs once, on global rank zero, and its (plain Python) result is broadcast, so every rank logs the same
         # keys and values. A failure on any rank is raised on every rank (callbacks/distributed.py).
-        subset = self._embed_subset(trainer, pl_module, analysis_view(loader.dataset), loader.collate_fn)
+        dataset = analysis_view(loader.dataset)
+        subset = self._embed_subset(trainer, pl_module, dataset, loader.collate_fn, self.subset_indices(len(dataset)))
+        holdout = None
+        val_loader = self._validation_loader(trainer)
+        if val_loader is not None:
+            val_dataset = analysis_view(val_loader.dataset)
+            holdout = self._embed_subset(trainer, pl_module, val_dataset, val_loader.collate_fn,
+                                         self.holdout_indices(len(val_dataset)))
+        elif not self._warned_no_validation:
+            self._warned_no_validation = True
+            rank_zero_warn(
+                "WeightSpaceCorrelation found no validation DataLoader: the encodability gate is measured on the held-out "
+                "part of the training subset, which a backbone that memorised a column through its head passes. Give "
+                "the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
+            )
         embedded = time.perf_counter()
-        entry = run_on_rank_zero(trainer, lambda: self.analyze(pl_module, subset)[1], "the analysis")
+        entry = run_on_rank_zero(trainer, lambda: self.analyze(pl_module, subset, holdout)[1], "the analysis")
         analysed = time.perf_counter()
         primary = pl_module.wsc_primary_task
         pl_module.log_dict(self._logged(entry), on_step=False, on_epoch=True)
@@ -461,12 +510,27 @@ class WeightSpaceCorrelation(Callback):
         # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
         run_on_rank_zero(trainer, lambda: self._write_summary(trainer, pl_module), "writing the summary")
 
+    @staticmethod
+    def _validation_loader(trainer: L.Trainer) -> DataLoader | None:
+        """The (first) validation DataLoader, also before the first validation run; None when there is none."""
+        loaders = trainer.val_dataloaders
+        if loaders is None and trainer.datamodule is not None and trainer.limit_val_batches != 0:
+            try:
+                loaders = trainer.datamodule.val_dataloader()
+            except (NotImplementedError, AttributeError, TypeError, ValueError, RuntimeError):
+                loaders = None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if not isinstance(loaders, DataLoader) or len(loaders.dataset) < 2:  # type: ignore[arg-type]
+            return None
+        return loaders
+
     def _embed_subset(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, dataset: Dataset, collate_fn: Any
+        self, trainer: L.Trainer, pl_module: L.LightningModule, dataset: Dataset, collate_fn: Any,
+        indices: list[int],
     ) -> EmbeddedSubset:
-        """The fixed subset's embeddings and labels, each rank embedding its own shard of whole embedding batches
-        (:func:`own_shard`; a rank without one embeds a placeholder image that the gather drops)."""
-        indices = self.subset_indices(len(dataset))
+        """Embeddings and labels of ``dataset[indices]``, each rank embedding its own shard of whole embedding
+        batches (:func:`own_shard`; a rank without one embeds a placeholder image that the gather drops)."""
         shard = own_shard(indices, trainer.global_rank, trainer.world_size, self.batch_size) or indices[:1]
         local = run_on_every_rank(
             trainer,
@@ -494,7 +558,7 @@ class WeightSpaceCorrelation(Callback):
     def _logged(entry: Mapping[str, Any]) -> dict[str, float]:
         logged: dict[str, float] = {"wsc/k": float(entry["k"]), "wsc/explained_variance": entry["explained_variance"]}
         for name, values in history_tasks(entry).items():
-            for key in ("max_abs", "mean_abs", "p", "z", "probe_auroc", "deconfounded_max_abs"):
+            for key in ("max_abs", "mean_abs", "p", "z", "probe_auroc", "deconfounded_max_abs", "test_p", "effect"):
                 if values[key] is not None:
                     logged[f"wsc/{name}/{key}"] = float(values[key])
             logged[f"wsc/{name}/interpretable"] = float(values["interpretable"])
@@ -515,7 +579,7 @@ class WeightSpaceCorrelation(Callback):
         """Advance the consecutive-significance counters; returns the tasks at or past ``patience``."""
         for name in self.alarm.tasks:
             task = entry["tasks"][name]
-            p = (task.get("null") or {}).get("p")
+            p = decision_p(task)
             hit = task["interpretable"] and p is not None and p < self.alarm.alpha
             self.alarm_counts[name] = self.alarm_counts.get(name, 0) + 1 if hit else 0
         return [t for t in self.alarm.tasks if self.alarm_counts[t] >= self.alarm.patience]
@@ -529,8 +593,8 @@ class WeightSpaceCorrelation(Callback):
             self.alarm_epoch = epoch
         names = fired or list(self.alarm.tasks)
         message = (
-            f"WSC shortcut alarm at epoch {epoch}: the primary head aligns with {names} beyond the permutation null "
-            f"(p < {self.alarm.alpha}) for at least {self.alarm.patience} consecutive epoch(s) (now "
+            f"WSC shortcut alarm at epoch {epoch}: the primary head aligns with {names} beyond the shortcut test's "
+            f"nulls (p < {self.alarm.alpha}) for at least {self.alarm.patience} consecutive epoch(s) (now "
             f"{ {t: self.alarm_counts[t] for t in names} }), and the metadata is encoded (probe AUROC above chance). "
             f"See {self.summary_path}."
         )

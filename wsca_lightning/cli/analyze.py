@@ -64,7 +64,10 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("data: does not match the checkpoint's heads; analyse with the data config the model was "
                           "trained with:\n  " + "\n  ".join(problems))
     dataset = datamodule.train_dataset if cfg.split == "train" else datamodule.val_dataset
-    _, entry = callback.evaluate(module, dataset)
+    # the encodability gate needs data the backbone did not train on: the validation split (for split=val, the
+    # subset's own held-out part already is)
+    holdout = datamodule.val_dataset if cfg.split == "train" else None
+    _, entry = callback.evaluate(module, dataset, holdout_dataset=holdout)
     summary = {
         "primary": module.wsc_primary_task,
         "protocol": "probe_refit" if callback.protocol == "probe_refit" else module.wsc_protocol,

@@ -27,6 +27,7 @@ from wsca_lightning.data.base import TaskDataModule, integer_problems, on_device
 from wsca_lightning.data.splits import check_subset_config, configured_subset
 from wsca_lightning.data.synthetic import (
     PRETERM_CLASSES,
+    REFERRAL_CLASSES,
     RISK_CLASSES,
     SYNTHETIC_COLUMNS,
     SyntheticUltrasoundDataset,
@@ -310,6 +311,7 @@ class SyntheticUltrasoundDataModule(TaskDataModule):
             "scanner": num_scanners if not any(e.startswith("num_scanners:") for e in errors) else None,
             "hospital": num_hospitals if not any(e.startswith("num_hospitals:") for e in errors) else None,
             "preterm": len(PRETERM_CLASSES),
+            "referral": len(REFERRAL_CLASSES),
         }
         task_errors, target_head, heads = validate_task_config(target, metadata, class_counts)
         errors += task_errors

@@ -39,6 +39,10 @@ Columns (``SYNTHETIC_COLUMNS``) and how each one reaches the pixels:
     From the delivery week (preterm: uniform [28, 37), term: [37, 41.5)):
     ``3400 - 190 * (39.5 - week) + normal(0, 350)`` clamped to [400, 5000]. Not rendered; related to the image only
     through ``preterm``.
+``referral`` (binary: ``routine`` / ``referred``)
+    Whether the scan was a referral: drawn from the ``risk`` class alone, ``P(referred | risk) =`` 0.75 (short),
+    0.5 (intermediate), 0.25 (normal). Not rendered, and unrelated to the image beyond the risk class: a column
+    associated with the label in the population that no head can *use* (the calibration suite's H0b). Never missing.
 
 Missing metadata: with ``missing_fraction`` every metadata cell except ``risk`` is blanked independently (code -1
 for categorical columns, NaN for continuous ones). The renderer always uses the *true* values:
@@ -86,6 +90,8 @@ __all__ = [
     "HOSPITAL_LIMITS",
     "IN_CHANNELS",
     "PRETERM_CLASSES",
+    "REFERRAL_CLASSES",
+    "REFERRAL_PROBABILITY",
     "REFERENCE_SIZE",
     "RENDER_PIXELS_PER_CHUNK",
     "RISK_CLASSES",
@@ -125,9 +131,13 @@ SYNTHETIC_COLUMNS: dict[str, str] = {
     "gestational_age": "continuous",
     "preterm": "categorical",
     "birth_weight": "continuous",
+    "referral": "categorical",
 }
 #: Class names of the categorical columns whose classes do not depend on options.
 PRETERM_CLASSES: tuple[str, ...] = ("term", "preterm")
+REFERRAL_CLASSES: tuple[str, ...] = ("routine", "referred")
+#: P(referred | risk class), in :data:`RISK_CLASSES` order.
+REFERRAL_PROBABILITY: tuple[float, ...] = (0.75, 0.5, 0.25)
 #: Metadata columns that ``missing_fraction`` may blank (all but the primary ``risk``), in draw order.
 _BLANKABLE: tuple[str, ...] = ("scanner", "hospital", "cervical_length", "pixel_spacing", "bmi")
 #: Blankable clinical columns, drawn from the clinical stream (``preterm`` is a possible target: never blank).
@@ -372,7 +382,12 @@ def _sample_clinical(length: Tensor, missing_fraction: float, generator: torch.G
     noise = torch.randn(n, generator=clinical, device=dev, dtype=f64)
     birth_weight = (3400.0 - 190.0 * (39.5 - delivery_week) + 350.0 * noise).clamp(*BIRTH_WEIGHT_RANGE)
     blank = rand(n, len(_CLINICAL_BLANKABLE)) < float(missing_fraction)
-    out = {"preterm": preterm}
+    # drawn last, so adding it left every earlier draw of this stream unchanged
+    risk = torch.bucketize(length, torch.tensor([r[1] for r in RISK_LENGTH_RANGES[:-1]], dtype=f64, device=dev),
+                           right=True)
+    referral_p = torch.tensor(REFERRAL_PROBABILITY, dtype=f64, device=dev)[risk]
+    referral = (rand(n) < referral_p).to(torch.int64)
+    out = {"preterm": preterm, "referral": referral}
     for j, (col, value) in enumerate((("gestational_age", gestational_age), ("birth_weight", birth_weight))):
         out[col] = torch.where(blank[:, j], math.nan, value)
         out[f"true_{col}"] = value
@@ -677,6 +692,8 @@ def column_classes(column: str, num_scanners: int, num_hospitals: int) -> list[s
         return hospital_names(num_hospitals)
     if column == "preterm":
         return list(PRETERM_CLASSES)
+    if column == "referral":
+        return list(REFERRAL_CLASSES)
     if column in SYNTHETIC_COLUMNS:
         raise ValueError(f"column {column!r} is continuous; it has no classes until binned")
     raise KeyError(f"unknown column {column!r}; available: {', '.join(SYNTHETIC_COLUMNS)}")

@@ -10,19 +10,49 @@ Given the embeddings of a fixed training subset, the primary head and the metada
    the refitted probe (``probe_refit``), and correlates it with the primary head in the projected space (the
    paper's measure) and in the raw space (the "w/o PCA" reference);
 5. reads the observed max |cos| against the null: z-score and ``p = (1 + #(null >= observed)) / (B + 1)``;
-6. gates it: the probe's macro AUROC on the held-out part, with a bootstrap CI; a task whose CI includes 0.5 (or
-   whose AUROC is not above ``auroc_floor``) is ``interpretable = False`` with the reason;
+6. gates it: the probe's macro AUROC, with a bootstrap CI, on data the backbone did not train on when the caller
+   gives it (``holdout_embeddings``: the validation split), else on the held-out part of the subset; a task whose
+   CI includes 0.5 (or whose AUROC is not above ``auroc_floor``) is ``interpretable = False`` with the reason;
 7. refits the probe (and its null) with weights ``p(m) p(y) / p(m, y)`` that make the metadata independent of the
    primary label on the fit part (the *deconfounded* WSC), when the primary labels are given and every
    (metadata, primary) cell is populated;
-8. adds the identifiable ``w1 - w0`` form when either head is binary, and the paper's reference distributions of
+8. forms the verdict's test (:class:`ShortcutTest`, below) with an effect size and its bootstrap interval;
+9. adds the identifiable ``w1 - w0`` form when either head is binary, and the paper's reference distributions of
    intra-head and inter-head cosines;
-9. optionally (``k_values``) recomputes max |WSC| at other projection sizes (the paper's k-sensitivity study,
-   §3.5 and Fig. 4): :func:`wsc_versus_k`.
+10. optionally (``k_values``) recomputes max |WSC| at other projection sizes (the paper's k-sensitivity study,
+    §3.5 and Fig. 4): :func:`wsc_versus_k`.
 
-The null is always made of probes refitted on permuted labels, whatever the protocol: it answers "how aligned with
-the primary head is a direction fitted to metadata labels that carry no information, in this model's projected
-space?". For the ``heads`` protocol the trained head is read against that null.
+The shortcut test
+-----------------
+What a verdict claims. *Use*: the primary head's decisions depend on the metadata's own image features (on the
+built-in data this is measured directly by :mod:`wsca_lightning.data.counterfactual`: the same anatomy through every
+scanner). Not *encoding* (the embedding carries the metadata: the gate's question) and not *confounding* (metadata
+and label associated in the data, which makes any direction fitted to the metadata lean towards the label).
+
+- ``heads`` protocol (multitask or probe_online heads): H0, the primary head's weight vectors are no more aligned
+  with the trained metadata head than chance and the label association explain; H1, they share the directions the
+  metadata's own features occupy.
+- ``probe_refit``: the same with the metadata probe refitted on the frozen embeddings in place of the trained head.
+
+The test is an intersection of three tests, ``p = max(p_permutation, p_deconfounded, p_blind)``:
+
+- ``permutation``: the observed direction beyond probes fitted to permuted metadata labels (the paper's geometry);
+- ``deconfounded``: the probe fitted with weights that make the metadata independent of the primary label, beyond
+  its own permutation null (the alignment is not borrowed from a label association);
+- ``blind``: the primary head more aligned with the metadata direction than primary probes fitted (on bootstrap
+  resamples) to embeddings from which the metadata's within-label displacement was projected out
+  (:func:`~wsca_lightning.wsc.null.blind_primary_null`): what a primary head that *cannot* use the metadata shows
+  when metadata and label share the embedding's dominant directions.
+
+Each part alone fails a null scenario of the calibration suite (``benchmarks/calibration.py``, README
+"Calibration"): permuted-label probes point into the embedding's low-variance directions, so an encoded or
+label-associated column looks aligned (H0a, H0b); refitted blind probes are smoother than trained heads, so the
+blind part alone is anti-conservative for multitask heads. "Significant" needs all three below alpha, so the level
+is at most that of the best part in each scenario (an intersection-union test); the rates and the power at shortcut
+strengths 0.5-1 are measured there. When a (metadata, primary) cell is empty the deconfounded part cannot exist: the
+metadata is tied to the label in the data, and no analysis of these data can say which of the two the head uses;
+the verdict then rests on the other two parts and its ``notes`` say so. ``decision="permutation"`` restores the
+permutation part alone (the rule before calibration); every part's p is reported either way.
 """
 
 from __future__ import annotations
@@ -36,7 +66,7 @@ import torch
 from torch import Tensor
 
 from .analysis import TaskCorrelation, plain_float
-from .null import NullResult, null_result, permutation_null
+from .null import NullResult, blind_primary_null, null_result, permutation_null
 from .probes import (
     ProbeFit,
     balanced_accuracy,
@@ -49,6 +79,8 @@ from .projection import PCAProjection, fit_pca_projection
 from .similarity import cosine_matrix, identifiable_rows, intra_inter_cosines, summarize
 
 SOURCES: tuple[str, ...] = ("head", "probe")
+#: How the verdict's p-value is formed (:class:`ShortcutTest`).
+DECISIONS: tuple[str, ...] = ("calibrated", "permutation")
 
 
 @dataclass(frozen=True)
@@ -65,6 +97,9 @@ class AnalysisSettings:
         deconfound: also fit the deconfounded probe (needs the primary labels).
         seed: seeds the split, the permutations and the bootstrap (per task, combined with the task name).
         k_values: projection sizes at which max |WSC| is also reported (``()`` = none); see :func:`wsc_versus_k`.
+        decision: how the verdict's p-value (``test.p``) is formed: ``calibrated`` (default; :data:`DECISIONS`,
+            the module docstring's "The shortcut test") or ``permutation`` (the permutation null alone, the rule
+            before the calibration suite; anti-conservative for encoded but unused metadata).
     """
 
     k_min: int = 50
@@ -80,6 +115,7 @@ class AnalysisSettings:
     deconfound: bool = True
     seed: int = 0
     k_values: tuple[int, ...] = ()
+    decision: str = "calibrated"
 
     def problems(self) -> list[str]:
         """Every invalid field as ``"<field>: <what is wrong>"`` (empty when valid)."""
@@ -119,6 +155,8 @@ class AnalysisSettings:
             isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.k_values
         ):
             out.append(f"k_values: must be a list of integers >= 1, got {self.k_values!r}")
+        if self.decision not in DECISIONS:
+            out.append(f"decision: must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,9 +173,11 @@ class ProbeQuality:
     converged: bool
     n_fit: int  # fit-part rows with a label
     n_holdout: int  # held-out rows with a label
+    split: str = "subset_holdout"  # where it was measured: the subset's held-out part, or the caller's holdout data
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "split": self.split,
             "auroc": plain_float(self.auroc),
             "auroc_ci": [plain_float(v) for v in self.auroc_ci],
             "balanced_accuracy": plain_float(self.balanced_accuracy),
@@ -165,6 +205,38 @@ class Deconfounded:
 
 
 @dataclass(frozen=True, eq=False)
+class ShortcutTest:
+    """The verdict's test for one metadata task: one p-value, its parts, and an effect size with an interval.
+
+    ``p`` is ``None`` when the WSC is undefined (a diverged head). With ``decision = "calibrated"`` it is the largest
+    of the parts that apply (``permutation``, ``deconfounded``, ``blind``; the module docstring's "The shortcut
+    test"): an intersection-union test, so "significant" needs every part below alpha. With ``"permutation"`` it is
+    the permutation part alone. ``effect`` is max |WSC|
+    minus the permutation null's median, ``effect_ci`` its percentile-bootstrap interval over the subset
+    (``ci_level``); ``notes`` say which parts did not apply and why.
+    """
+
+    p: float | None
+    decision: str
+    parts: dict[str, float | None]
+    effect: float | None
+    effect_ci: tuple[float, float]
+    null_median: float | None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "p": plain_float(self.p),
+            "decision": self.decision,
+            "parts": {k: plain_float(v) for k, v in self.parts.items()},
+            "effect": plain_float(self.effect),
+            "effect_ci": [plain_float(v) for v in self.effect_ci],
+            "null_median": plain_float(self.null_median),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True, eq=False)
 class TaskAnalysis:
     """Everything measured for one metadata task (see the module docstring for each step)."""
 
@@ -178,6 +250,7 @@ class TaskAnalysis:
     deconfounded: Deconfounded | None
     probe_weight: Tensor  # (C_task, k) the real probe in the projected space
     observed_weight: Tensor  # (C_task, k) the direction compared with the primary head
+    test: ShortcutTest | None = None  # the verdict's test (None only for analyses built by hand)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form (the per-task entry of ``wsc_summary.json``, without row and column names)."""
@@ -189,6 +262,7 @@ class TaskAnalysis:
         out["interpretable"] = self.interpretable
         out["reason"] = self.reason
         out["deconfounded"] = None if self.deconfounded is None else self.deconfounded.to_dict()
+        out["test"] = None if self.test is None else self.test.to_dict()
         return out
 
 
@@ -253,7 +327,7 @@ def split_subset(n: int, holdout_fraction: float, seed: int) -> tuple[Tensor, Te
 
 
 def _quality(
-    fit: ProbeFit, features: Tensor, labels: Tensor, n_fit: int, settings: AnalysisSettings, seed: int
+    fit: ProbeFit, features: Tensor, labels: Tensor, n_fit: int, settings: AnalysisSettings, seed: int, split: str
 ) -> ProbeQuality:
     valid = labels >= 0
     x, y = features[valid], labels[valid]
@@ -265,7 +339,7 @@ def _quality(
         ci = bootstrap_auroc_ci(scores, y, num_bootstrap=settings.num_bootstrap, level=settings.ci_level, seed=seed)
     except ValueError:  # no resample with both positives and negatives of any class
         ci = (math.nan, math.nan)
-    return ProbeQuality(auroc, ci, bacc, bool(fit.converged[0]), n_fit, int(y.numel()))
+    return ProbeQuality(auroc, ci, bacc, bool(fit.converged[0]), n_fit, int(y.numel()), split)
 
 
 def _gate(quality: ProbeQuality, settings: AnalysisSettings) -> str | None:
@@ -330,6 +404,9 @@ def analyze_embeddings(
     primary_labels: Tensor | None = None,
     class_names: Mapping[str, Sequence[str]] | None = None,
     settings: AnalysisSettings | None = None,
+    holdout_embeddings: Tensor | None = None,
+    holdout_labels: Mapping[str, Tensor] | None = None,
+    holdout_split: str = "validation",
 ) -> WSCAnalysis:
     """Full WSC analysis of the primary head against each metadata task (steps in the module docstring).
 
@@ -343,6 +420,10 @@ def analyze_embeddings(
         primary_labels: ``(N,)`` primary labels; needed for the deconfounded probe.
         class_names: task (and the primary under ``"__primary__"``) -> class names, used in messages only.
         settings: :class:`AnalysisSettings`.
+        holdout_embeddings, holdout_labels: ``(M, d)`` embeddings of data the backbone did *not* train on (e.g. the
+            validation split) and each task's ``(M,)`` labels: the encodability gate measures the probe there
+            (``probe.split = holdout_split``). Without them it uses the subset's held-out part
+            (``probe.split = "subset_holdout"``), which a backbone that memorised a column through its head passes.
     """
     settings = settings or AnalysisSettings()
     problems = settings.problems()
@@ -350,6 +431,16 @@ def analyze_embeddings(
         raise ValueError("invalid analysis settings:\n" + "\n".join(problems))
     head_weights = dict(head_weights or {})
     _check_inputs(embeddings, primary_weight, labels, num_classes, head_weights, primary_labels)
+    if (holdout_embeddings is None) != (holdout_labels is None):
+        raise ValueError("holdout_embeddings and holdout_labels come together (or neither)")
+    if holdout_embeddings is not None and holdout_labels is not None:
+        if holdout_embeddings.ndim != 2 or holdout_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"holdout_embeddings must have shape (M, d={embeddings.shape[1]}), got "
+                             f"{tuple(holdout_embeddings.shape)}")
+        for name in labels:
+            y_hold = holdout_labels.get(name)
+            if y_hold is None or tuple(y_hold.shape) != (holdout_embeddings.shape[0],):
+                raise ValueError(f"holdout_labels[{name!r}] must have shape ({holdout_embeddings.shape[0]},)")
     projection = fit_pca_projection(embeddings, k_min=settings.k_min, var_threshold=settings.var_threshold)
     device = projection.components.device
     features = projection.project_embeddings(embeddings)
@@ -361,6 +452,8 @@ def analyze_embeddings(
     y_primary = None if primary_labels is None else primary_labels.detach().to(device=device, dtype=torch.int64)
     probe_kwargs = {"l2": settings.l2, "max_iter": settings.max_iter, "tol": settings.tol}
     names = class_names or {}
+    gate_features = None if holdout_embeddings is None else projection.project_embeddings(holdout_embeddings)
+    resampler = _Resampler(embeddings, projection, fit_idx, settings) if settings.num_permutations >= 2 else None
 
     tasks: dict[str, TaskAnalysis] = {}
     raw_weights: dict[str, Tensor] = {}
@@ -381,7 +474,12 @@ def analyze_embeddings(
         except ValueError as err:
             raise ValueError(f"metadata task {name!r}: {err}") from err
         probe_k = fit.weight[0]
-        quality = _quality(fit, features[hold_idx], y[hold_idx], int((y_fit >= 0).sum()), settings, seed)
+        if gate_features is not None and holdout_labels is not None:
+            y_gate = holdout_labels[name].detach().to(device=device, dtype=torch.int64)
+            quality = _quality(fit, gate_features, y_gate, int((y_fit >= 0).sum()), settings, seed, holdout_split)
+        else:
+            quality = _quality(fit, features[hold_idx], y[hold_idx], int((y_fit >= 0).sum()), settings, seed,
+                               "subset_holdout")
         if name in head_weights:
             source = "head"
             task_d = head_weights[name].detach().to(device=device, dtype=torch.float64)
@@ -410,6 +508,17 @@ def analyze_embeddings(
         if settings.deconfound and y_primary is not None:
             deconfounded = _deconfounded(features[fit_idx], y_fit, y_primary[fit_idx], primary_k, c, name, names,
                                          settings, seed, probe_kwargs)
+        test = None
+        if null is not None and resampler is not None:
+            blind = None
+            if y_primary is not None and not diverged:
+                blind = blind_primary_null(null.observed, task_k, features[fit_idx], y_primary[fit_idx], y_fit,
+                                           primary_k.shape[0], num_draws=settings.num_permutations, seed=seed + 4,
+                                           **probe_kwargs)
+            test = _shortcut_test(
+                null, deconfounded, blind, diverged, settings,
+                bootstrap=resampler.max_abs(primary_d, task_d if source == "head" else None, y_fit, c, probe_kwargs),
+            )
         tasks[name] = TaskAnalysis(
             source=source,
             correlation=correlation,
@@ -421,6 +530,7 @@ def analyze_embeddings(
             deconfounded=deconfounded,
             probe_weight=probe_k,
             observed_weight=task_k,
+            test=test,
         )
     heads_k = {"__primary__": primary_k, **{n: t.observed_weight for n, t in tasks.items()}}
     intra, inter = intra_inter_cosines(heads_k)
@@ -493,3 +603,108 @@ def _deconfounded(
     except ValueError as err:
         return Deconfounded(None, reason=f"deconfounded probe cannot be fit: {err}")
     return Deconfounded(summarize(cosine_matrix(primary_k, fit.weight[0])).max_abs)
+
+
+def _shortcut_test(
+    null: NullResult,
+    deconfounded: Deconfounded | None,
+    blind: NullResult | None,
+    diverged: bool,
+    settings: AnalysisSettings,
+    *,
+    bootstrap: Tensor,
+) -> ShortcutTest:
+    """Combine the parts into the verdict's p-value (:class:`ShortcutTest`) and add the effect size."""
+    parts: dict[str, float | None] = {
+        "permutation": null.p,
+        "deconfounded": None if deconfounded is None or deconfounded.null is None else deconfounded.null.p,
+        "blind": None if blind is None else blind.p,
+    }
+    median = float(null.null.median())
+    if diverged:
+        return ShortcutTest(None, settings.decision, parts, None, (math.nan, math.nan), median,
+                            ("the primary or the compared head diverged: no test",))
+    notes: list[str] = []
+    p = null.p
+    if settings.decision == "calibrated":
+        if parts["blind"] is not None:
+            p = max(p, parts["blind"])
+        else:
+            notes.append("metadata-blind part not applied: the primary labels were not given")
+        if parts["deconfounded"] is not None:
+            p = max(p, parts["deconfounded"])
+        else:
+            why = (deconfounded.reason if deconfounded is not None and deconfounded.reason
+                   else "the primary labels were not given or deconfound is false")
+            notes.append(f"deconfounded part not applied ({why}); the verdict rests on the permutation part alone "
+                         "and cannot tell use of the metadata from use of a label it is tied to")
+    half = (1.0 - settings.ci_level) / 2
+    finite = bootstrap[torch.isfinite(bootstrap)].cpu() - median
+    ci = (math.nan, math.nan)
+    if finite.numel() >= 2:
+        q = torch.quantile(finite, torch.tensor([half, 1.0 - half], dtype=torch.float64))
+        ci = (float(q[0]), float(q[1]))
+    return ShortcutTest(p, settings.decision, parts, null.observed - median, ci, median, tuple(notes))
+
+
+class _Resampler:
+    """Bootstrap resamples of the subset for the effect size's interval: max |WSC| recomputed with the projection
+    refitted on each resample (and, for a probe, the probe refitted on the resampled fit rows).
+
+    The resampled rows lie in the span of the subset, so each resample's PCA is computed exactly in the subset's
+    full eigenbasis (``K = min(d, N - 1)`` coordinates) instead of ``R^d``: cheap for any ``d``.
+    """
+
+    def __init__(self, embeddings: Tensor, projection: PCAProjection, fit_idx: Tensor,
+                 settings: AnalysisSettings) -> None:
+        self.projection = projection
+        self.embeddings = embeddings
+        self.full = fit_pca_projection(embeddings, k_min=embeddings.shape[1], var_threshold=1.0)
+        self.coords = self.full.project_embeddings(embeddings)  # (N, K)
+        self.fit_idx = fit_idx
+        self.num = settings.num_bootstrap
+        n = embeddings.shape[0]
+        gen = torch.Generator().manual_seed(int(settings.seed) + 7)
+        self.rows = torch.randint(0, n, (self.num, n), generator=gen).to(self.coords.device)
+        self._bases: Tensor | None = None
+
+    def bases(self) -> Tensor:
+        """``(num, K, k)``: each resample's top-``k`` principal axes in the full eigenbasis (computed once)."""
+        if self._bases is None:
+            k = self.projection.k
+            out = []
+            for chunk in self.rows.split(16):
+                x = self.coords[chunk]  # (b, N, K)
+                x = x - x.mean(dim=1, keepdim=True)
+                _, vectors = torch.linalg.eigh(x.transpose(1, 2) @ x)
+                out.append(vectors.flip(-1)[..., :k])
+            self._bases = torch.cat(out)
+        return self._bases
+
+    def max_abs(self, primary_d: Tensor, head_d: Tensor | None, y_fit: Tensor, num_classes: int,
+                probe_kwargs: Mapping[str, Any]) -> Tensor:
+        """``(num,)`` max |WSC| per resample: of ``head_d`` ``(C, d)``, or of a probe refitted with bootstrap
+        weights on the fit rows when ``head_d`` is None."""
+        bases = self.bases()
+        primary = primary_d @ self.full.components.T  # (C_A, K)
+        if head_d is not None:
+            task = (head_d @ self.full.components.T).expand(self.num, -1, -1)
+        else:
+            position = torch.full((self.coords.shape[0],), -1, dtype=torch.int64, device=self.coords.device)
+            position[self.fit_idx] = torch.arange(self.fit_idx.numel(), device=self.coords.device)
+            picked = position[self.rows]
+            counts = torch.zeros(self.num, self.fit_idx.numel(), dtype=torch.float64, device=self.coords.device)
+            counts.scatter_add_(1, picked.clamp_min(0), (picked >= 0).to(torch.float64))
+            features = self.projection.project_embeddings(self.embeddings[self.fit_idx])
+            try:
+                fit = fit_linear_probes(features, y_fit.expand(self.num, -1), num_classes, sample_weight=counts,
+                                        **probe_kwargs)
+            except ValueError:  # a resample lost a whole class: no interval
+                return torch.full((self.num,), math.nan, dtype=torch.float64)
+            # the probe lives in the analysis's k axes: carry it into the full eigenbasis
+            task = fit.weight @ (self.projection.components @ self.full.components.T)
+        a = torch.einsum("ck,bkj->bcj", primary, bases)
+        t = torch.einsum("bck,bkj->bcj", task, bases)
+        a = a / a.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        t = t / t.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        return (t @ a.transpose(1, 2)).abs().flatten(1).amax(dim=1)
