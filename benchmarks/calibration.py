@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from calibration_runs import RUN_OVERRIDES  # noqa: E402
+from calibration_runs import RUN_OVERRIDES, run_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "calibration.json"
 DEFAULT_WORKDIR = Path(__file__).parent / ".calibration_runs"
@@ -72,6 +72,11 @@ def planned_runs(quick: bool) -> list[tuple[str, float, str, int]]:
     return runs
 
 
+def run_path(workdir: Path, data: str, strength: float, mode: str, seed: int) -> Path:
+    """Where a trained run's artifact lives (:func:`calibration_runs.run_name`)."""
+    return workdir / f"{run_name(data, strength, mode, seed)}.pt"
+
+
 def _train_one(job: tuple[str, float, str, int, str]) -> str:
     import torch
 
@@ -85,7 +90,8 @@ def _train_one(job: tuple[str, float, str, int, str]) -> str:
 
 def train_all(runs: list[tuple[str, float, str, int]], workdir: Path, jobs: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    todo = [(*r, str(workdir)) for r in runs]
+    todo = [(*r, str(workdir)) for r in runs if not run_path(workdir, *r).exists()]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already trained in {workdir}", flush=True)
     start = time.perf_counter()
     # one fresh process per run (Hydra and Lightning keep global state), `jobs` at a time, one thread each
     with mp.get_context("spawn").Pool(jobs, maxtasksperchild=1) as pool:
@@ -93,16 +99,9 @@ def train_all(runs: list[tuple[str, float, str, int]], workdir: Path, jobs: int)
             print(f"[{done}/{len(todo)} {time.perf_counter() - start:7.0f} s] {name}", flush=True)
 
 
-def analysis_version() -> str:
-    """A hash of the analysis code: cached verdicts are reused only while it is unchanged."""
-    import hashlib
-
-    import wsca_lightning.wsc as core
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(core.__file__).parent.glob("*.py")) + [Path(__file__).parent / "calibration_runs.py"]:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+#: Cached verdicts (``<run>.verdicts.json``) are reused only under this version: bump it with any change to the
+#: analysis (``wsca_lightning.wsc``) or to ``calibration_runs.verdict_rows`` that can change a number.
+VERDICT_VERSION = "1"
 
 
 def _verdicts_one(path: str) -> list[dict[str, Any]]:
@@ -113,13 +112,12 @@ def _verdicts_one(path: str) -> list[dict[str, Any]]:
     from calibration_runs import verdict_rows
 
     cache = Path(path).with_suffix(".verdicts.json")
-    version = analysis_version()
     if cache.exists():
         saved = json.loads(cache.read_text())
-        if saved.get("version") == version:
+        if saved.get("version") == VERDICT_VERSION:
             return saved["rows"]
     rows = verdict_rows(torch.load(path, weights_only=False))
-    cache.write_text(json.dumps({"version": version, "rows": rows}))
+    cache.write_text(json.dumps({"version": VERDICT_VERSION, "rows": rows}))
     return rows
 
 
@@ -252,6 +250,25 @@ def print_table(result: dict[str, Any]) -> None:
               f"{a['significant_at_balanced_level']}/{a['n_at_balanced_level']}")
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The README's table: per scenario and reading, the rate of "significant" [Clopper-Pearson 95 %] (n), and the
+    permutation part alone (the old rule) beside it."""
+    readings = [r for r in READINGS if any((t["head_mode"], t["protocol"]) == r for t in result["table"])]
+    head = "| scenario | " + " | ".join(f"{m} runs, `{p}`" for m, p in readings) + " |"
+    lines = [head, "|---" * (len(readings) + 1) + "|"]
+    for scenario in SCENARIOS:
+        cells = []
+        for mode, protocol in readings:
+            row = next((t for t in result["table"] if t["scenario"] == scenario and t["head_mode"] == mode
+                        and t["protocol"] == protocol), None)
+            cells.append("-" if row is None else
+                         f"**{row['rate']:.3f}** [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] (n={row['n']}); "
+                         f"old {row['candidates']['permutation (the old rule)']:.3f}")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained side by side (one thread each)")
@@ -265,13 +282,13 @@ def main() -> None:
         print(f"H0d skipped: no Fashion-MNIST files under {FASHION_ROOT} (apt-get install dataset-fashion-mnist)")
     runs = planned_runs(args.quick)
     if args.verdicts_only:
-        runs = [r for r in runs if (args.workdir / f"{r[0]}_s{r[1]:g}_{r[2]}_seed{r[3]}.pt").exists()]
+        runs = [r for r in runs if run_path(args.workdir, *r).exists()]
     else:
         train_all(runs, args.workdir, args.jobs)
     if args.train_only:
         return
     start = time.perf_counter()
-    paths = [str(args.workdir / f"{d}_s{s:g}_{m}_seed{seed}.pt") for d, s, m, seed in runs]
+    paths = [str(run_path(args.workdir, *r)) for r in runs]
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         rows = [row for part in pool.imap(_verdicts_one, paths) for row in part]
     result = aggregate(rows)
@@ -281,9 +298,10 @@ def main() -> None:
         "command": "python benchmarks/calibration.py " + " ".join(sys.argv[1:]),
         "runs": len(runs), "fashion_mnist": fashion_available(),
         "run_settings": list(RUN_OVERRIDES), "verdict_seconds": time.perf_counter() - start,
-        **result, "rows": rows,
+        **result, "markdown": markdown_table(result), "rows": rows,
     }, indent=1) + "\n")
     print_table(result)
+    print(markdown_table(result))
     print(f"wrote {RESULTS}")
 
 

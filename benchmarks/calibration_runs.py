@@ -9,7 +9,7 @@ so several candidate rules are compared on the very same trained models.
 
 from __future__ import annotations
 
-import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,14 @@ class Capture(L.Callback):
         }
 
 
+def run_name(data: str, strength: float, head_mode: str, seed: int) -> str:
+    """The file stem of one run's artifact."""
+    return f"{data}_s{strength:g}_{head_mode}_seed{seed}"
+
+
 def train_run(data: str, strength: float, head_mode: str, seed: int, workdir: Path) -> dict[str, Any]:
     """Train one calibration run and return its artifact (also saved as ``<workdir>/<name>.pt``)."""
-    name = f"{data}_s{strength:g}_{head_mode}_seed{seed}"
+    name = run_name(data, strength, head_mode, seed)
     path = workdir / f"{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
@@ -110,7 +115,7 @@ def train_run(data: str, strength: float, head_mode: str, seed: int, workdir: Pa
     artifact = {**capture.artifact, "data": data, "shortcut_strength": strength, "seed": seed,
                 "train_seconds": time.perf_counter() - start}
     torch.save(artifact, path)
-    os.system(f"rm -rf '{out}'")
+    shutil.rmtree(out, ignore_errors=True)
     return artifact
 
 

@@ -66,7 +66,7 @@ class EmbedFailure(MultiHeadModule):
 class AnalysisFailure(WeightSpaceCorrelation):
     """Raises in the analysis, which runs on global rank zero."""
 
-    def analyze(self, pl_module: Any, subset: Any) -> Any:
+    def analyze(self, pl_module: Any, subset: Any, holdout: Any = None) -> Any:
         raise ValueError("injected failure in the analysis")
 
 

@@ -77,7 +77,14 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
     assert scanner["source"] == "head" and set(scanner["probe"]) >= {"auroc", "auroc_ci", "balanced_accuracy"}
     assert isinstance(scanner["interpretable"], bool) and set(scanner["deconfounded"]) >= {"max_abs", "p"}
     assert summary["reference"]["inter"]["n"] > 0 and summary["alarm"]["counts"] == {}
-    assert set(summary["history"][-1]["tasks"]["scanner"]) >= {"max_abs", "p", "q05", "q95", "interpretable"}
+    assert set(summary["history"][-1]["tasks"]["scanner"]) >= {"max_abs", "p", "q05", "q95", "interpretable",
+                                                                 "test_p", "effect", "effect_ci"}
+    # the verdict's test: its p (logged as test_p), its parts, an effect size with an interval; the gate on val data
+    test = scanner["test"]
+    assert math.isclose(float(last["wsc/scanner/test_p"]), test["p"], rel_tol=1e-5)
+    assert test["p"] == max(v for v in test["parts"].values() if v is not None) and test["decision"] == "calibrated"
+    assert test["effect_ci"][0] <= test["effect_ci"][1]
+    assert scanner["probe"]["split"] == "validation"
     assert "train/loss" in summary["history"][-1]["metrics"]
     # pictures: a heatmap per epoch, the latest one, the fit-end plot; and the table
     assert sorted(p.name for p in (wsc_dir / "heatmaps").glob("*.png")) == [f"epoch_{e:04d}.png" for e in range(3)]

@@ -3,14 +3,18 @@
 At the end of every training epoch (never in the sanity check) it
 
 1. embeds a fixed, seeded subset of the training dataset with the module in eval mode, without gradients, and
-   reads that subset's labels (from ``dataset.without_augmentation()`` when the dataset offers it);
+   reads that subset's labels (from ``dataset.without_augmentation()`` when the dataset offers it), and a fixed
+   draw of the validation data (:meth:`WeightSpaceCorrelation.holdout_indices`), where the encodability gate is
+   measured because the backbone never trained on it;
 2. runs the engine (:func:`wsca_lightning.wsc.analyze_embeddings`): PCA projection, linear probes
-   with a permutation null, the encodability gate and the deconfounded probe;
-3. logs ``wsc/<task>/{max_abs, mean_abs, p, z, probe_auroc, interpretable, deconfounded_max_abs}``, ``wsc/k`` and
-   ``wsc/explained_variance`` with ``log_dict`` (same ``metrics.csv`` row as the epoch's training losses);
+   with a permutation null, the encodability gate, the deconfounded probe and the shortcut test (its ``p`` and an
+   effect size with a bootstrap interval);
+3. logs ``wsc/<task>/{max_abs, mean_abs, p, z, probe_auroc, interpretable, deconfounded_max_abs, test_p,
+   effect}``, ``wsc/k`` and ``wsc/explained_variance`` with ``log_dict`` (same ``metrics.csv`` row as the epoch's
+   training losses);
 4. updates the shortcut alarm (``alarm``): a watched task counts an epoch when it is interpretable and significant
-   (``p < alpha``); ``patience`` consecutive such epochs warn or stop training, with the same decision on every
-   process;
+   (the shortcut test's ``p < alpha``); ``patience`` consecutive such epochs warn or stop training, with the same
+   decision on every process;
 5. writes (global rank zero only) ``epoch_<NNNN>.npz`` matrices, ``heatmaps/epoch_<NNNN>.png`` and the latest
    ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (atomically, so a killed run keeps its last
    computed epoch), and the heatmap to TensorBoard when that logger is on. At fit end it draws
@@ -47,6 +51,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -481,9 +486,9 @@ class WeightSpaceCorrelation(Callback):
         elif not self._warned_no_validation:
             self._warned_no_validation = True
             rank_zero_warn(
-                "WeightSpaceCorrelation found no validation DataLoader: the encodability gate is measured on the held-out "
-                "part of the training subset, which a backbone that memorised a column through its head passes. Give "
-                "the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
+                "WeightSpaceCorrelation found no validation DataLoader: the encodability gate is measured on the "
+                "held-out part of the training subset, which a backbone that memorised a column through its head "
+                "passes. Give the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
             )
         embedded = time.perf_counter()
         entry = run_on_rank_zero(trainer, lambda: self.analyze(pl_module, subset, holdout)[1], "the analysis")
@@ -512,13 +517,15 @@ class WeightSpaceCorrelation(Callback):
 
     @staticmethod
     def _validation_loader(trainer: L.Trainer) -> DataLoader | None:
-        """The (first) validation DataLoader, also before the first validation run; None when there is none."""
+        """The (first) validation DataLoader, also before the first validation run; None when there is none (or
+        validation is switched off with ``limit_val_batches=0``)."""
+        if trainer.limit_val_batches == 0:
+            return None
         loaders = trainer.val_dataloaders
-        if loaders is None and trainer.datamodule is not None and trainer.limit_val_batches != 0:
-            try:
-                loaders = trainer.datamodule.val_dataloader()
-            except (NotImplementedError, AttributeError, TypeError, ValueError, RuntimeError):
-                loaders = None
+        if loaders is None:  # not loaded yet (no sanity check, validation later): ask its owner
+            owner = next((o for o in (trainer.datamodule, trainer.lightning_module)
+                          if o is not None and is_overridden("val_dataloader", o)), None)
+            loaders = owner.val_dataloader() if owner is not None else None
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None
         if not isinstance(loaders, DataLoader) or len(loaders.dataset) < 2:  # type: ignore[arg-type]

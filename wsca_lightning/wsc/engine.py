@@ -510,11 +510,14 @@ def analyze_embeddings(
                                          settings, seed, probe_kwargs)
         test = None
         if null is not None and resampler is not None:
-            blind = None
+            blind: NullResult | str = "the primary labels were not given"
             if y_primary is not None and not diverged:
-                blind = blind_primary_null(null.observed, task_k, features[fit_idx], y_primary[fit_idx], y_fit,
-                                           primary_k.shape[0], num_draws=settings.num_permutations, seed=seed + 4,
-                                           **probe_kwargs)
+                try:
+                    blind = blind_primary_null(null.observed, task_k, features[fit_idx], y_primary[fit_idx], y_fit,
+                                               primary_k.shape[0], num_draws=settings.num_permutations,
+                                               seed=seed + 4, **probe_kwargs)
+                except ValueError as err:  # e.g. a resample without a rare primary class
+                    blind = f"the blind primary probes cannot be fit: {err}"
             test = _shortcut_test(
                 null, deconfounded, blind, diverged, settings,
                 bootstrap=resampler.max_abs(primary_d, task_d if source == "head" else None, y_fit, c, probe_kwargs),
@@ -608,7 +611,7 @@ def _deconfounded(
 def _shortcut_test(
     null: NullResult,
     deconfounded: Deconfounded | None,
-    blind: NullResult | None,
+    blind: NullResult | str,
     diverged: bool,
     settings: AnalysisSettings,
     *,
@@ -618,7 +621,7 @@ def _shortcut_test(
     parts: dict[str, float | None] = {
         "permutation": null.p,
         "deconfounded": None if deconfounded is None or deconfounded.null is None else deconfounded.null.p,
-        "blind": None if blind is None else blind.p,
+        "blind": blind.p if isinstance(blind, NullResult) else None,
     }
     median = float(null.null.median())
     if diverged:
@@ -627,10 +630,10 @@ def _shortcut_test(
     notes: list[str] = []
     p = null.p
     if settings.decision == "calibrated":
-        if parts["blind"] is not None:
-            p = max(p, parts["blind"])
+        if isinstance(blind, NullResult):
+            p = max(p, blind.p)
         else:
-            notes.append("metadata-blind part not applied: the primary labels were not given")
+            notes.append(f"metadata-blind part not applied ({blind})")
         if parts["deconfounded"] is not None:
             p = max(p, parts["deconfounded"])
         else:
