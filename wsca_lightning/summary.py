@@ -196,8 +196,8 @@ def format_summary(summary: Mapping[str, Any], alpha: float = 0.05) -> str:
         deconfounded = (task.get("deconfounded") or {}).get("max_abs")
         lines.append(f"{name:<18}{num(task['max_abs'], '.3f'):>9}{effect:>22}{num(decision_p(task), '.3f'):>8}"
                      f"{auroc:>22}{num(deconfounded, '.3f'):>9}  {verdict(task, alpha)}")
-    lines.append(f"significant: shortcut test p < {alpha} (the head beyond the permutation null, and the probe made "
-                 "independent of the primary label beyond its own) for an encoded task (probe AUROC interval above "
-                 "0.5): the primary head uses that metadata's directions. effect: max|WSC| minus the null's median, "
-                 "with its bootstrap interval.")
+    lines.append(f"significant: shortcut test p < {alpha} (beyond the permutation null, the deconfounded probe's null "
+                 "and metadata-blind primary heads) for an encoded task (probe AUROC interval above 0.5): the primary "
+                 "head uses that metadata's directions. effect: max|WSC| minus the null's median, with its bootstrap "
+                 "interval.")
     return "\n".join(lines)
