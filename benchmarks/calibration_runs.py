@@ -20,6 +20,7 @@ import torch
 from wsca_lightning.callbacks import WeightSpaceCorrelation
 from wsca_lightning.callbacks.wsc import analysis_view, embed_dataset
 from wsca_lightning.cli.train import compose_train_config, train
+from wsca_lightning.data import SyntheticUltrasoundDataModule
 from wsca_lightning.data.counterfactual import counterfactual_dependence
 from wsca_lightning.models.module import class_probabilities
 
@@ -68,9 +69,8 @@ class Capture(L.Callback):
         heads = pl_module.wsc_head_weights()
         primary = pl_module.wsc_primary_task
         dependence = {}
-        options = getattr(dm, "dataset_options", None)
-        if options is not None and "shortcut_strength" in options and hasattr(dm, "metadata") and \
-                type(dm).__name__ == "SyntheticUltrasoundDataModule":
+        if isinstance(dm, SyntheticUltrasoundDataModule):  # the counterfactual renders built-in anatomy only
+            options = dm.dataset_options
             was_training = pl_module.training
             pl_module.eval()
             for column in ("scanner", "hospital"):

@@ -453,7 +453,8 @@ def analyze_embeddings(
     probe_kwargs = {"l2": settings.l2, "max_iter": settings.max_iter, "tol": settings.tol}
     names = class_names or {}
     gate_features = None if holdout_embeddings is None else projection.project_embeddings(holdout_embeddings)
-    resampler = _Resampler(embeddings, projection, fit_idx, settings) if settings.num_permutations >= 2 else None
+    resampler = (_Resampler(embeddings, projection, fit_idx, features[fit_idx], settings)
+                 if settings.num_permutations >= 2 else None)
 
     tasks: dict[str, TaskAnalysis] = {}
     raw_weights: dict[str, Tensor] = {}
@@ -658,10 +659,10 @@ class _Resampler:
     full eigenbasis (``K = min(d, N - 1)`` coordinates) instead of ``R^d``: cheap for any ``d``.
     """
 
-    def __init__(self, embeddings: Tensor, projection: PCAProjection, fit_idx: Tensor,
+    def __init__(self, embeddings: Tensor, projection: PCAProjection, fit_idx: Tensor, fit_features: Tensor,
                  settings: AnalysisSettings) -> None:
         self.projection = projection
-        self.embeddings = embeddings
+        self.fit_features = fit_features  # the projected fit rows the probes are fitted on
         self.full = fit_pca_projection(embeddings, k_min=embeddings.shape[1], var_threshold=1.0)
         self.coords = self.full.project_embeddings(embeddings)  # (N, K)
         self.fit_idx = fit_idx
@@ -698,9 +699,8 @@ class _Resampler:
             picked = position[self.rows]
             counts = torch.zeros(self.num, self.fit_idx.numel(), dtype=torch.float64, device=self.coords.device)
             counts.scatter_add_(1, picked.clamp_min(0), (picked >= 0).to(torch.float64))
-            features = self.projection.project_embeddings(self.embeddings[self.fit_idx])
             try:
-                fit = fit_linear_probes(features, y_fit.expand(self.num, -1), num_classes, sample_weight=counts,
+                fit = fit_linear_probes(self.fit_features, y_fit.expand(self.num, -1), num_classes, sample_weight=counts,
                                         **probe_kwargs)
             except ValueError:  # a resample lost a whole class: no interval
                 return torch.full((self.num,), math.nan, dtype=torch.float64)

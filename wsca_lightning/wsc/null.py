@@ -278,8 +278,4 @@ def blind_primary_null(
     fit = fit_linear_probes(blind, y.to(x.device).expand(num_draws, -1), num_primary_classes,
                             sample_weight=weights.to(x.device), **probe_kwargs)  # type: ignore[arg-type]
     task = task_weight.detach().to(device=x.device, dtype=torch.float64)
-    b, c, k = fit.weight.shape
-    ua = _unit_rows(fit.weight.reshape(b * c, k), _EPS).view(b, c, k)
-    ut = _unit_rows(task, _EPS)
-    stats = (ua @ ut.T).abs().flatten(1).amax(dim=1)
-    return null_result(observed, stats.cpu())
+    return null_result(observed, _max_abs_cos(task, fit.weight).cpu())
