@@ -15,8 +15,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/wsca-train $(ARGS)
 
+# one torch thread per test process, one process per core (pytest-xdist); a file's tests share a worker, so a
+# module's trained fixture is built once
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest $(ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile $(ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/callback_overhead.py $(ARGS)

@@ -101,7 +101,7 @@ def train_all(runs: list[tuple[str, float, str, int]], workdir: Path, jobs: int)
 
 #: Cached verdicts (``<run>.verdicts.json``) are reused only under this version: bump it with any change to the
 #: analysis (``wsca_lightning.wsc``) or to ``calibration_runs.verdict_rows`` that can change a number.
-VERDICT_VERSION = "1"
+VERDICT_VERSION = "2"
 
 
 def _verdicts_one(path: str) -> list[dict[str, Any]]:

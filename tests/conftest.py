@@ -19,11 +19,15 @@ if os.environ.get("CI"):
 
 # small enough for seconds per epoch on 2 CPU cores, large enough for a PCA of the 128-d SonoNet16 embedding
 TINY = [
+    "data.image_size=[32,48]",  # a third of the default's pixels: the tests check plumbing, not accuracy
     "data.num_train=96",
     "data.num_val=48",
     "data.batch_size=32",
     "callbacks.wsc.subset_size=64",
     "callbacks.wsc.batch_size=64",
+    # a fifth of the default nulls and bootstrap: the smallest p is 1/21, still below 0.05
+    "callbacks.wsc.num_permutations=20",
+    "callbacks.wsc.num_bootstrap=50",
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",

@@ -1,11 +1,13 @@
 """One distributed run of the WSC callback for tests/test_distributed.py, in its own process tree:
 
     python tests/ddp_worker.py OUT DEVICES [--fail embed:RANK | --fail analysis]
-    python tests/ddp_worker.py OUT 2 --agreement       (the collective helpers alone, on a gloo process group)
 
 Fixed weights: learning rate 0, no weight decay and BatchNorm momentum 0 (running statistics stay at their initial
-values), so runs on 1 and on 2 processes (``ddp_spawn``, gloo) embed the same images with the same model and their
-logged WSC values must agree. Every file the callback writes is recorded per rank in ``OUT/writes/rank<R>.txt``.
+values), so runs on 1 and on 2 processes (``ddp_fork``, gloo: the ranks fork from this process instead of starting
+and importing everything again; ``ddp_spawn`` is tested through ``wsca-train trainer=ddp_spawn``) embed the same
+images with the same model and their logged WSC values must agree. Every file the callback writes is recorded per
+rank in ``OUT/writes/rank<R>.txt``. A 2-process run without ``--fail`` also exercises the collective helpers
+directly on the trainer's process group before training (``OUT/agreement_rank<R>.json``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +66,7 @@ class EmbedFailure(MultiHeadModule):
 class AnalysisFailure(WeightSpaceCorrelation):
     """Raises in the analysis, which runs on global rank zero."""
 
-    def analyze(self, pl_module: Any, subset: Any, holdout: Any = None) -> Any:
+    def analyze_heads(self, *args: Any, **kwargs: Any) -> Any:
         raise ValueError("injected failure in the analysis")
 
 
@@ -81,42 +81,26 @@ def raise_value_error(message: str) -> None:
     raise ValueError(message)
 
 
-def agreement(local_rank: int, out: Path, port: int) -> None:
-    """The collective helpers on a 2-process gloo group, with a stand-in for the trainer's distributed API."""
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=local_rank,
-                                         world_size=2)
+class Agreement(L.Callback):
+    """The collective helpers on the trainer's 2-process gloo group, before training; records what each rank saw."""
 
-    def broadcast(obj: Any, src: int = 0) -> Any:
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src)
-        return box[0]
+    def __init__(self, out: Path) -> None:
+        self.out = out
 
-    def all_gather(tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(2)]
-        torch.distributed.all_gather(parts, tensor)
-        return torch.stack(parts)
-
-    trainer = SimpleNamespace(world_size=2, global_rank=local_rank, is_global_zero=local_rank == 0,
-                              strategy=SimpleNamespace(broadcast=broadcast, all_gather=all_gather))
-    shard = own_shard(list(range(10, 15)), local_rank, 2)  # rows 10, 11, 12 | 13, 14
-    in_batches = own_shard(list(range(5)), local_rank, 2, granule=4)  # rows 0, 1, 2, 3 | 4
-    record = {
-        "gathered": gather_shards(trainer, torch.tensor(shard), 5).tolist(),
-        "gathered_in_batches": gather_shards(trainer, torch.tensor(in_batches), 5, granule=4).tolist(),
-        "every_rank": outcome(lambda: run_on_every_rank(
-            trainer, lambda: raise_value_error("only on rank 1") if local_rank == 1 else None, "a step")),
-        "zero_result": run_on_rank_zero(trainer, lambda: {"computed on": local_rank}, "a step"),
-        "zero_failure": outcome(lambda: run_on_rank_zero(trainer, lambda: raise_value_error("only on rank 0"),
-                                                         "a step")),
-    }
-    (out / f"agreement_rank{local_rank}.json").write_text(json.dumps(record))
-    torch.distributed.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        local_rank = trainer.global_rank
+        shard = own_shard(list(range(10, 15)), local_rank, 2)  # rows 10, 11, 12 | 13, 14
+        in_batches = own_shard(list(range(5)), local_rank, 2, granule=4)  # rows 0, 1, 2, 3 | 4
+        record = {
+            "gathered": gather_shards(trainer, torch.tensor(shard), 5).tolist(),
+            "gathered_in_batches": gather_shards(trainer, torch.tensor(in_batches), 5, granule=4).tolist(),
+            "every_rank": outcome(lambda: run_on_every_rank(
+                trainer, lambda: raise_value_error("only on rank 1") if local_rank == 1 else None, "a step")),
+            "zero_result": run_on_rank_zero(trainer, lambda: {"computed on": local_rank}, "a step"),
+            "zero_failure": outcome(lambda: run_on_rank_zero(trainer, lambda: raise_value_error("only on rank 0"),
+                                                             "a step")),
+        }
+        (self.out / f"agreement_rank{local_rank}.json").write_text(json.dumps(record))
 
 
 def main() -> None:
@@ -124,16 +108,12 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("devices", type=int)
     parser.add_argument("--fail", default=None, help="embed:RANK or analysis")
-    parser.add_argument("--agreement", action="store_true")
     args = parser.parse_args()
-    if args.agreement:
-        torch.multiprocessing.spawn(agreement, args=(args.out, free_port()), nprocs=2)
-        return
     (args.out / "writes").mkdir(parents=True, exist_ok=True)
     os.environ["WSCA_TEST_WRITES"] = str(args.out / "writes")
 
     L.seed_everything(0)
-    datamodule = SyntheticUltrasoundDataModule(num_train=75, num_val=32, batch_size=16, seed=0)
+    datamodule = SyntheticUltrasoundDataModule(num_train=75, num_val=32, batch_size=16, image_size=(32, 48), seed=0)
     datamodule.setup("fit")
     model = EmbedFailure(
         backbone={"name": "sononet16", "in_channels": 1},
@@ -154,10 +134,10 @@ def main() -> None:
     trainer = L.Trainer(
         accelerator="cpu",
         devices=args.devices,
-        strategy="ddp_spawn" if args.devices > 1 else "auto",
+        strategy="ddp_fork" if args.devices > 1 else "auto",
         max_epochs=2,
         logger=CSVLogger(str(args.out), name="csv"),
-        callbacks=[callback],
+        callbacks=[callback, *([Agreement(args.out)] if args.devices == 2 and not args.fail else [])],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

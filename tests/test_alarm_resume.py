@@ -82,9 +82,10 @@ def toy_dataset(n: int = 200) -> TensorDataset:
     return TensorDataset(x, y, m)
 
 
-def alarm_callback(**alarm: Any) -> WeightSpaceCorrelation:
+def alarm_callback(async_analysis: bool = False, **alarm: Any) -> WeightSpaceCorrelation:
+    """Synchronous by default: the alarm then acts at the end of the epoch it counts (asynchronous: see below)."""
     return WeightSpaceCorrelation(subset_size=120, batch_size=60, k_min=4, num_permutations=20, num_bootstrap=100,
-                                  save_plots=False, alarm=alarm)
+                                  save_plots=False, alarm=alarm, async_analysis=async_analysis)
 
 
 def fit_toy(tmp_path: Path, callback: WeightSpaceCorrelation, epochs: int) -> L.Trainer:
@@ -130,6 +131,21 @@ def test_stop_action_ends_training_after_patience_significant_epochs(tmp_path):
     assert summary["alarm"] == {"tasks": ["copy"], "action": "stop", "alpha": 0.05, "patience": 2,
                                 "counts": {"copy": 2}, "first_epoch": 1}
     assert summary["epoch"] == 1 and [h["epoch"] for h in summary["history"]] == [0, 1]
+
+
+def test_with_asynchronous_analysis_the_stop_comes_when_the_result_arrives_at_most_one_epoch_later(tmp_path):
+    callback = alarm_callback(async_analysis=True, tasks=["copy"], action="stop", alpha=0.05, patience=2)
+    with pytest.warns(UserWarning, match=r"WSC shortcut alarm at epoch 1: .*Stopping training"):
+        trainer = fit_toy(tmp_path, callback, epochs=6)
+
+    # epoch 1's result arrives while epoch 2 trains: training stops within epoch 2, whose (last) state is analysed
+    # too before fit end
+    assert trainer.should_stop and trainer.current_epoch == 3
+    assert [h["epoch"] for h in callback.history] == [0, 1, 2]
+    assert [h["alarm_counts"]["copy"] for h in callback.history] == [1, 2, 3]
+    assert callback.alarm_epoch == 1
+    summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
+    assert summary["alarm"]["first_epoch"] == 1 and summary["epoch"] == 2
 
 
 def test_warn_action_warns_at_every_epoch_past_patience_and_keeps_training(tmp_path):
@@ -250,9 +266,24 @@ KILL_SCRIPT = textwrap.dedent(
 
     class KillMidEpoch(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 2 and batch_idx == 1:  # 96 / 32 = 3 batches an epoch: mid-epoch
+            kill_epoch = int(os.environ.get("WSCA_TEST_KILL_EPOCH", "2"))
+            if trainer.current_epoch == kill_epoch and batch_idx == 1:  # 96 / 32 = 3 batches an epoch: mid-epoch
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    slow_epoch = int(os.environ.get("WSCA_TEST_SLOW_ANALYSIS_EPOCH", "-1"))
+    if slow_epoch >= 0:  # that epoch's background analysis is still running when the kill comes
+        import time
+        from wsca_lightning.callbacks import WeightSpaceCorrelation
+
+        run_analysis = WeightSpaceCorrelation._run_analysis
+
+        def slow(self, pending):
+            if pending.epoch == slow_epoch:
+                time.sleep(120)
+            return run_analysis(self, pending)
+
+        WeightSpaceCorrelation._run_analysis = slow
 
     run = sys.argv[2]
     overrides = [*TINY, *sys.argv[3:]]
@@ -284,14 +315,21 @@ def wsc_state(ckpt: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(tmp_path):
+@pytest.mark.parametrize("in_flight", [False, True], ids=["synchronous", "analysis-in-flight"])
+def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(tmp_path, in_flight):
+    """Synchronous: killed in epoch 2, after epoch 1's analysis and checkpoint. Asynchronous, ``in_flight``: killed
+    in epoch 3 while epoch 2's analysis still runs in the background; epoch 2's checkpoint carries its inputs."""
     from conftest import TINY, compose_train_config
 
     run = tmp_path / "run"
-    overrides = [*KILL_RESUME_OVERRIDES, "trainer.max_epochs=4"]
+    last = 2 if in_flight else 1  # the last completed (checkpointed) epoch
+    epochs = last + 3
+    overrides = [*KILL_RESUME_OVERRIDES, f"trainer.max_epochs={epochs}", f"callbacks.wsc.async_analysis={in_flight}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WSCA_TEST_KILL_EPOCH": str(last + 1)}
+    if in_flight:
+        env["WSCA_TEST_SLOW_ANALYSIS_EPOCH"] = str(last)
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(TESTS_DIR), str(run), *overrides],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         stdout, stderr = proc.communicate(timeout=240)
     finally:
@@ -305,34 +343,37 @@ def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(tmp_
         assert not Path(f"/proc/{proc.pid}").exists()
         assert _children_of(os.getpid()) == []
 
-    # last.ckpt is that of the last completed epoch (1), written after its WSC entry
+    # last.ckpt is that of the last completed epoch, written after its WSC entry -- or, in flight, with the inputs
+    # of its analysis in place of the entry
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["epoch"] == 1
+    assert ckpt["epoch"] == last
     saved = wsc_state(ckpt)
-    assert [h["epoch"] for h in saved["history"]] == [0, 1]
+    analysed = list(range(last)) if in_flight else list(range(last + 1))
+    assert [h["epoch"] for h in saved["history"]] == analysed
+    assert (saved["pending"] or {}).get("epoch") == (last if in_flight else None)
     assert set(saved["alarm_counts"]) == {"scanner"} and saved["alarm_epoch"] is None
     assert_recurrence(saved["history"], "scanner", 0.05)
     assert saved["alarm_counts"]["scanner"] == saved["history"][-1]["alarm_counts"]["scanner"]
     # a non-zero counter, so the resumed run really has to continue it (not restart at 0)
     assert saved["alarm_counts"]["scanner"] > 0, saved["history"]
-    # the summary on disk (written atomically every epoch) is that of epoch 1 too; no partial files
+    # the summary on disk (written atomically every epoch) is that of the last analysed epoch; no partial files
     killed_summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
-    assert killed_summary["epoch"] == 1 and killed_summary["history"] == saved["history"]
+    assert killed_summary["epoch"] == analysed[-1] and killed_summary["history"] == saved["history"]
     assert not list((run / "wsc").glob("*.partial"))
-    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == ["epoch_0000.npz", "epoch_0001.npz"]
+    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in analysed]
 
     result = train(compose_train_config(run, [*TINY, *overrides, "ckpt_path=last"]))
     summary = result["summary"]
     history = summary["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
-    assert history[:2] == saved["history"]
-    assert_recurrence(history[2:], "scanner", 0.05, start=saved["alarm_counts"]["scanner"])
+    assert [h["epoch"] for h in history] == list(range(epochs))  # the in-flight epoch recomputed: no gap or duplicate
+    assert history[:len(analysed)] == saved["history"]
+    assert_recurrence(history[len(analysed):], "scanner", 0.05, start=saved["alarm_counts"]["scanner"])
     assert summary["alarm"]["counts"]["scanner"] == history[-1]["alarm_counts"]["scanner"]
     assert summary["alarm"]["first_epoch"] is None  # patience 10 never reached
     on_disk = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     assert on_disk["history"] == history and on_disk["alarm"] == summary["alarm"]
-    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
-    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 3
+    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(epochs)]
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == epochs - 1
 
 
 # --- 3. last.ckpt follows the latest epoch even when val/loss gets worse ------------------------------------------
@@ -359,4 +400,8 @@ def test_last_checkpoint_is_rewritten_every_epoch_even_when_val_loss_gets_worse(
     assert torch.load(checkpoints / "epoch_000.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
     last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == max_epochs - 1
-    assert [h["epoch"] for h in wsc_state(last)["history"]] == list(range(max_epochs))
+    # every epoch is in the history, or (the last one, still analysed in the background when the checkpoint was
+    # taken) carried as the inputs a resumed run recomputes
+    state = wsc_state(last)
+    carried = [] if state["pending"] is None else [state["pending"]["epoch"]]
+    assert [h["epoch"] for h in state["history"]] + carried == list(range(max_epochs))

@@ -46,7 +46,9 @@ def test_analyze_writes_summary_table_and_heatmap_with_probe_refit(trained, tmp_
     assert set(summary["tasks"]) == {"scanner", "hospital", "spacing", "cervical_length", "bmi"}
     for task in summary["tasks"].values():
         assert task["source"] == "probe"
-        assert task["null"]["B"] == 30 and 0 < task["null"]["p"] <= 1
+        # 30 permutations, or fewer when the sequential null stopped early (10 draws at or above the observed value)
+        assert 0 < task["null"]["p"] <= 1
+        assert task["null"]["B"] == 30 or (task["null"]["stopped_early"] and 10 <= task["null"]["B"] < 30)
         assert set(task["probe"]) >= {"auroc", "auroc_ci", "balanced_accuracy"}
         assert isinstance(task["interpretable"], bool)
         assert set(task["deconfounded"]) >= {"max_abs", "p"}
@@ -119,7 +121,7 @@ def test_weights_that_do_not_fit_the_described_model_are_refused(trained, tmp_pa
     ("override", "expected"),
     [
         ("data.num_scanners=4", "scanner: classes ['scanner_A', 'scanner_B', 'scanner_C', 'scanner_D'] in the data"),
-        ("data.image_size=[32,48]", "input shape [1, 32, 48] in the data, [1, 64, 80] in the model"),
+        ("data.image_size=[64,80]", "input shape [1, 64, 80] in the data, [1, 32, 48] in the model"),
         ("~data.metadata.bmi", "bmi: the model has this head but the data defines no such task"),
         ("split=test", "split: must be one of train, val"),
         ("wsc.alarm.tasks=[site]", "wsc.alarm.tasks: unknown metadata head(s) ['site']"),

@@ -72,11 +72,19 @@ def written(out: Path, rank: int) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_callback_gives_the_same_wsc_on_two_processes_as_on_one_and_writes_files_once(tmp_path):
-    single, double = tmp_path / "one", tmp_path / "two"
+@pytest.fixture(scope="module")
+def one_and_two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The worker's run on 1 and on 2 processes (the latter also checks the collective helpers before training)."""
+    base = tmp_path_factory.mktemp("wsc_ddp")
+    single, double = base / "one", base / "two"
     for out, devices in ((single, 1), (double, 2)):
-        code, output, _ = run_isolated([sys.executable, str(WORKER), str(out), str(devices)], tmp_path)
+        code, output, _ = run_isolated([sys.executable, str(WORKER), str(out), str(devices)], base)
         assert code == 0, output[-3000:]
+    return single, double
+
+
+def test_callback_gives_the_same_wsc_on_two_processes_as_on_one_and_writes_files_once(one_and_two_processes):
+    single, double = one_and_two_processes
     one, two = wsc_rows(single), wsc_rows(double)
     assert sorted(one) == sorted(two) == [0, 1]
     for epoch in one:
@@ -111,11 +119,9 @@ def test_a_failure_on_one_rank_ends_the_job_with_that_error_instead_of_hanging(t
     assert seconds < 180
 
 
-def test_collective_helpers_raise_on_every_rank_and_gather_uneven_shards_in_order(tmp_path):
-    code, output, _ = run_isolated([sys.executable, str(WORKER), str(tmp_path), "2", "--agreement"], tmp_path,
-                                   timeout=120)
-    assert code == 0, output[-3000:]
-    outcomes = [json.loads((tmp_path / f"agreement_rank{r}.json").read_text()) for r in (0, 1)]
+def test_collective_helpers_raise_on_every_rank_and_gather_uneven_shards_in_order(one_and_two_processes):
+    _, double = one_and_two_processes  # the helpers ran on the 2-process trainer's gloo group before training
+    outcomes = [json.loads((double / f"agreement_rank{r}.json").read_text()) for r in (0, 1)]
     # 5 rows over 2 ranks (shards of 3 and 2, padded for the gather): every rank gets them all, in order
     assert outcomes[0]["gathered"] == outcomes[1]["gathered"] == [10, 11, 12, 13, 14]
     # in whole batches of 4: shards of 4 and 1 rows
@@ -139,26 +145,35 @@ def key_paths(value: Any, prefix: str = "") -> set[str]:
     return set()
 
 
-def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_spawn_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One `wsca-train -m trainer=ddp_spawn seed=0,1` sweep (two jobs of two processes each), shared by the tests
+    below: the sweep's directories, and job 0 as the two-process run compared with a one-process run."""
+    base = tmp_path_factory.mktemp("ddp_spawn")
+    sweep = base / "sweep"
+    code, output, _ = run_isolated(
+        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0,1", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], base)
+    assert code == 0, output[-3000:]
+    return sweep, output
+
+
+def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path, ddp_spawn_sweep):
+    sweep, sweep_output = ddp_spawn_sweep
+    run = tmp_path / "cpu"
+    code, output, _ = run_isolated([str(WSCA_TRAIN), f"hydra.run.dir={run}", "trainer=cpu", *ONE_EPOCH], tmp_path)
+    assert code == 0, output[-3000:]
     summaries = {}
-    for trainer in ("cpu", "ddp_spawn"):
-        run = tmp_path / trainer
-        code, output, _ = run_isolated(
-            [str(WSCA_TRAIN), f"hydra.run.dir={run}", f"trainer={trainer}", *ONE_EPOCH], tmp_path)
-        assert code == 0, output[-3000:]
-        assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in output  # the app's report, also after spawn
+    for trainer, run, out in (("cpu", run, output), ("ddp_spawn", sweep / "0", sweep_output)):
+        assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in out  # the app's report, also after spawn
         summaries[trainer] = json.loads((run / "wsc" / "wsc_summary.json").read_text())
-        assert len(list(tmp_path.iterdir())) == len(summaries)  # one output directory per run, none per rank
+    assert [p.name for p in tmp_path.iterdir()] == ["cpu"]  # one output directory per run, none per rank
     assert key_paths(summaries["ddp_spawn"]) == key_paths(summaries["cpu"])
     assert [h["epoch"] for h in summaries["ddp_spawn"]["history"]] == [0]
 
 
-def test_a_multirun_of_two_ddp_spawn_jobs_gives_each_job_its_own_directory(tmp_path):
-    sweep = tmp_path / "sweep"
-    code, output, _ = run_isolated(
-        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0,1", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], tmp_path)
-    assert code == 0, output[-3000:]
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+def test_a_multirun_of_two_ddp_spawn_jobs_gives_each_job_its_own_directory(ddp_spawn_sweep):
+    sweep, _ = ddp_spawn_sweep
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # one directory per job, not rank
     for job, seed in (("0", 0), ("1", 1)):
         assert (sweep / job / "wsc" / "wsc_summary.json").exists()
         assert f"seed: {seed}" in (sweep / job / ".hydra" / "config.yaml").read_text()

@@ -142,8 +142,15 @@ def test_probe_of_labels_equal_to_primary_aligns_with_primary_head(main):
 def test_p_value_and_observed_follow_the_definition(main, name):
     task = main.tasks[name]
     null = task.null
-    assert null.null.shape == (B,) and null.num_permutations == B
-    assert null.p == (1 + int((null.null >= null.observed).sum())) / (B + 1)
+    h = main.settings.stop_after_exceedances
+    reached = int((null.null >= null.observed).sum())
+    assert null.null.shape == (null.num_permutations,)
+    if null.stopped_early:  # Besag-Clifford: drawing stopped at the h-th draw reaching the observed value
+        assert reached == h and null.null[-1] >= null.observed and null.num_permutations < B
+        assert null.p == h / null.num_permutations
+    else:
+        assert null.num_permutations == B and reached < h
+        assert null.p == (1 + reached) / (B + 1)
     assert null.observed == pytest.approx(task.correlation.summary.max_abs, rel=1e-12, abs=1e-12)
     sd = float(null.null.std(correction=1))
     assert null.z == pytest.approx((null.observed - float(null.null.mean())) / sd, rel=1e-9)
@@ -379,7 +386,8 @@ def test_null_is_permuted_probes_on_the_fit_part_seeded_by_seed_and_task_name(wo
     features = analysis.projection.project_embeddings(world["z"])[fit]
     primary_k = analysis.projection.project_weights(world["primary"])
     for name, labels, c in (("aligned", world["y"], 3), ("scanner", world["scanner"], 2)):
-        ref = permutation_null(features, labels[fit], primary_k, c, num_permutations=20, seed=task_seed(1, name))
+        ref = permutation_null(features, labels[fit], primary_k, c, num_permutations=20, seed=task_seed(1, name),
+                               stop_after=analysis.settings.stop_after_exceedances)
         assert torch.allclose(analysis.tasks[name].null.null, ref.null, atol=1e-12, rtol=0)
     assert analysis.tasks["scanner"].null.observed == pytest.approx(ref.observed, abs=1e-12)
     assert len({task_seed(0, "copy"), task_seed(1, "copy"), task_seed(0, "aligned")}) == 3
@@ -505,7 +513,7 @@ def test_nan_fields_become_none():
 def test_null_to_dict_summarises_the_null(main):
     null = main.tasks["copy"].null
     d = null_to_dict(null)
-    assert set(d) == {"z", "p", "B", "observed", "mean", "sd", "q05", "q95"}
+    assert set(d) == {"z", "p", "B", "stopped_early", "observed", "mean", "sd", "q05", "q95"}
     assert d["B"] == B and d["p"] == null.p and d["observed"] == null.observed
     assert d["mean"] == pytest.approx(float(null.null.mean()))
     assert d["sd"] == pytest.approx(float(null.null.std()))

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,18 +217,15 @@ def test_missing_root_or_file_says_how_to_get_the_data(tmp_path, root) -> None:
 
 @pytest.mark.slow
 def test_one_epoch_training_run_writes_the_wsc_summary(root, tmp_path) -> None:
-    script = Path(sys.executable).with_name("wsca-train")
-    if not script.exists():
-        pytest.fail(f"{script} missing: install the package (pip install -e .) before running the tests")
+    """The app's own train() on its composed config, in this process (the console script is tested in
+    test_train_app)."""
+    from wsca_lightning.cli.train import compose_train_config, train
+
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [str(script), "data=fashion_mnist", f"data.root={root}", "data.num_train=96", "data.num_val=40",
-         "data.image_size=[32,48]", "trainer.max_epochs=1", "callbacks.wsc.subset_size=64",
-         "callbacks.wsc.num_permutations=5", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(compose_train_config(run, [
+        "data=fashion_mnist", f"data.root={root}", "data.num_train=96", "data.num_val=40", "data.image_size=[32,48]",
+        "trainer.max_epochs=1", "callbacks.wsc.subset_size=64", "callbacks.wsc.num_permutations=5",
+        "trainer.enable_progress_bar=false"]))
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     assert summary["primary"] == "garment"
     assert set(summary["tasks"]) == {"scanner", "hospital", "spacing", "bmi"}

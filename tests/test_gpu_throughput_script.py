@@ -25,4 +25,5 @@ def test_gpu_throughput_smoke_run_measures_every_arm(tmp_path):
     assert all(a["images_per_s"] > 0 for a in result["throughput"] + result["loader"])
     callback = result["callback"]
     assert callback["callback_s"] > 0 and 0 < callback["share_of_epoch"] < 1
-    assert set(callback["parts_s"]) == {"embed", "analysis", "files"}
+    assert set(callback["parts_s"]) == {"embed", "analysis", "files", "waited"}
+    assert callback["blocking_over_embedding"] >= 1.0

@@ -19,7 +19,7 @@ from conftest import TINY, compose_train_config
 
 H, W = 32, 48          # image_size of the runs
 H0, W0 = 48, 64        # stored size: the resize changes x and y by different factors
-RUN = [f"data.image_size=[{H},{W}]", *(o for o in TINY if not o.startswith("data.num_"))]
+RUN = [f"data.image_size=[{H},{W}]", *(o for o in TINY if not o.startswith(("data.num_", "data.image_size=")))]
 SEG = "data.channels.segmentation={column:seg,num_maps:5}"
 SEG_PNG = "data.channels.segmentation={column:segpng,num_maps:5,pattern:'segpng/{}'}"
 SPACING = "data.channels.spacing_columns=[px_x,px_y]"

@@ -85,3 +85,48 @@ def test_errors():
         permutation_null(x, y[:-1], means, 3, num_permutations=5)
     with pytest.raises(ValueError, match="sample_weight"):
         permutation_null(x, y, means, 3, num_permutations=5, sample_weight=torch.ones(2, 60, dtype=D))
+
+
+# --- sequential drawing (Besag-Clifford) ---------------------------------------------------------------------------
+
+
+def _one_at_a_time_p(null: torch.Tensor, observed: float, h: int) -> tuple[float, int]:
+    """Besag and Clifford's p drawing one permutation at a time: stop at the h-th draw reaching ``observed``."""
+    reached = 0
+    for i, value in enumerate(null.tolist(), start=1):
+        reached += value >= observed
+        if reached == h:
+            return h / i, i
+    return (1 + reached) / (null.numel() + 1), null.numel()
+
+
+@pytest.mark.parametrize("signal", [0.0, 3.0])
+def test_sequential_null_is_the_one_at_a_time_p_on_a_prefix_of_the_same_permutations(signal):
+    gen = torch.Generator().manual_seed(3)
+    n, k = 120, 6
+    metadata = torch.randint(0, 2, (n,), generator=gen)
+    x = torch.randn(n, k, generator=gen, dtype=D)
+    x[:, 0] += signal * metadata.to(D)  # signal 3: the probe follows axis 0, where the primary head lies
+    primary = torch.eye(k, dtype=D)[:2]
+    full = permutation_null(x, metadata, primary, 2, num_permutations=100, seed=4)
+    seq = permutation_null(x, metadata, primary, 2, num_permutations=100, seed=4, stop_after=5)
+    p, drawn = _one_at_a_time_p(full.null, full.observed, 5)
+    assert seq.num_permutations == drawn and seq.p == pytest.approx(p, abs=1e-12)
+    assert torch.allclose(seq.null, full.null[:drawn], atol=1e-6)  # same permutations, batched differently
+    assert seq.stopped_early == (drawn < 100)
+    if signal == 0.0:
+        assert seq.stopped_early and seq.num_permutations < 100  # a null result stops early
+    else:
+        assert not seq.stopped_early and seq.p == full.p == 1 / 101  # a significant one draws everything
+
+
+def test_sequential_null_tests_a_given_observed_value_and_rejects_a_bad_stop_after():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(80, 4, generator=gen, dtype=D)
+    y = torch.randint(0, 2, (80,), generator=gen)
+    primary = torch.eye(4, dtype=D)[:2]
+    res = permutation_null(x, y, primary, 2, num_permutations=60, seed=1, observed=0.0, stop_after=3)
+    # every draw reaches 0: drawing stops at the third, p = 3 / 3
+    assert res.observed == 0.0 and res.stopped_early and res.num_permutations == 3 and res.p == 1.0
+    with pytest.raises(ValueError, match="stop_after"):
+        permutation_null(x, y, primary, 2, num_permutations=10, stop_after=-1)

@@ -21,8 +21,8 @@ from wsca_lightning.cli.report import main as report_main  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ["scanner", "hospital", "spacing", "cervical_length", "bmi"]
 TINY = [
-    "data.num_train=200",
-    "data.num_val=100",
+    "data.num_train=128",
+    "data.num_val=64",
     "data.image_size=[32,48]",
     "trainer.max_epochs=2",
     "callbacks.wsc.subset_size=128",

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 
 import hydra
 import pytest
@@ -338,15 +336,14 @@ def test_file_that_is_not_a_state_dict(tmp_path, payload):
 
 @pytest.mark.slow
 def test_wsca_train_with_resnet18_writes_a_512_d_summary(tmp_path):
+    """The app's own train() on its composed config, in this process (the console script is tested in
+    test_train_app; a subprocess would only add an interpreter start-up)."""
+    from wsca_lightning.cli.train import compose_train_config, train
+
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsca_lightning.cli.train", "model=resnet18", "data.num_train=64", "data.num_val=32",
-         "data.image_size=[64,80]", "trainer.max_epochs=1", "callbacks.wsc.subset_size=64",
-         "callbacks.wsc.num_permutations=5", "trainer.enable_progress_bar=false", f"hydra.run.dir={run}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(compose_train_config(run, [
+        "model=resnet18", "data.num_train=64", "data.num_val=32", "data.image_size=[64,80]", "trainer.max_epochs=1",
+        "callbacks.wsc.subset_size=64", "callbacks.wsc.num_permutations=5", "trainer.enable_progress_bar=false"]))
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     assert summary["embedding_dim"] == 512
     assert summary["primary"] == "risk" and "scanner" in summary["tasks"]

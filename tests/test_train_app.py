@@ -17,6 +17,10 @@ import torch
 from wsca_lightning.cli.train import ConfigError, train
 
 
+# a console-script run that only has to work: small images, a small null and bootstrap
+SMALL_RUN = ["data.image_size=[32,48]", "callbacks.wsc.num_permutations=20", "callbacks.wsc.num_bootstrap=50"]
+
+
 def read_metrics(run_dir: Path, version: int = 0) -> list[dict[str, str]]:
     with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -29,16 +33,18 @@ def epochs_with(rows: list[dict[str, str]], key: str) -> list[int]:
 @pytest.mark.slow
 def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, tmp_path):
     run = tmp_path / "run"
-    result = train(tiny_config("trainer.max_epochs=3"))
+    result = train(tiny_config("trainer.max_epochs=3", "callbacks.wsc.num_permutations=100"))
 
     rows = read_metrics(run)
     tasks = ["scanner", "hospital", "spacing", "cervical_length", "bmi"]
+    loss_rows = {(r["epoch"], r["step"]) for r in rows if r.get("train/loss")}
     for task in tasks:
-        # exactly one value per epoch, in the same row as that epoch's training loss
+        # exactly one value per epoch, logged at that epoch's step (the row of its training loss, or -- analysed in
+        # the background -- a row of its own with the same epoch and step)
         assert epochs_with(rows, f"wsc/{task}/max_abs") == [0, 1, 2]
         for row in rows:
             if row.get(f"wsc/{task}/max_abs"):
-                assert row["train/loss"] != ""
+                assert (row["epoch"], row["step"]) in loss_rows
                 assert 0.0 <= float(row[f"wsc/{task}/max_abs"]) <= 1.0
                 assert float(row[f"wsc/{task}/mean_abs"]) <= float(row[f"wsc/{task}/max_abs"])
     assert epochs_with(rows, "wsc/k") == [0, 1, 2]
@@ -73,7 +79,9 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
     # significance, probe quality, gate and deconfounded WSC per task, logged and summarised
     assert epochs_with(rows, "wsc/scanner/p") == [0, 1, 2]
     assert math.isclose(float(last["wsc/scanner/p"]), scanner["null"]["p"], rel_tol=1e-5)
-    assert scanner["null"]["B"] == 100 and scanner["null"]["q05"] <= scanner["null"]["q95"]
+    assert scanner["null"]["q05"] <= scanner["null"]["q95"]
+    # B = 100 permutations, fewer when the sequential null stopped at its 10th draw reaching the observed value
+    assert scanner["null"]["B"] == 100 or (scanner["null"]["stopped_early"] and 10 <= scanner["null"]["B"] < 100)
     assert scanner["source"] == "head" and set(scanner["probe"]) >= {"auroc", "auroc_ci", "balanced_accuracy"}
     assert isinstance(scanner["interpretable"], bool) and set(scanner["deconfounded"]) >= {"max_abs", "p"}
     assert summary["reference"]["inter"]["n"] > 0 and summary["alarm"]["counts"] == {}
@@ -158,7 +166,7 @@ def test_console_script_runs_from_any_directory_with_packaged_configs(tmp_path):
         pytest.fail(f"{script} missing: install the package (pip install -e .) before running the tests")
     run = tmp_path / "cli_run"
     proc = subprocess.run(
-        [str(script), f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", "trainer.max_epochs=1",
+        [str(script), f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", *SMALL_RUN, "trainer.max_epochs=1",
          "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -196,7 +204,7 @@ def test_multirun_gives_each_job_its_own_output_directory(tmp_path):
     script = Path(sys.executable).with_name("wsca-train")
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [str(script), "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64", "data.num_val=32",
+        [str(script), "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64", "data.num_val=32", *SMALL_RUN,
          "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
@@ -223,7 +231,7 @@ def test_wheel_install_carries_the_configs_and_trains_from_any_directory(tmp_pat
     )
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-c", code, f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32",
+        [sys.executable, "-c", code, f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", *SMALL_RUN,
          "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},

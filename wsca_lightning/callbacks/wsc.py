@@ -42,7 +42,8 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import lightning as L
@@ -117,6 +118,77 @@ class EmbeddedSubset:
 
     embeddings: Tensor
     targets: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class PendingAnalysis:
+    """One computed epoch between its embedding pass and its entry in the history: everything the analysis reads,
+    frozen at the epoch's end (the heads are copied, the module trains on), in plain tensors and Python so that a
+    checkpoint taken while it runs carries it and a resumed run recomputes it (:meth:`to_state`)."""
+
+    epoch: int
+    step: int  # the loggers' step of the epoch's end: the analysis's values are logged there
+    global_step: int
+    primary: str
+    tasks: list[str]
+    heads: dict[str, HeadWeights]
+    subset: EmbeddedSubset
+    holdout: EmbeddedSubset | None
+    metrics: dict[str, float]  # the epoch's losses and primary metrics, for the history
+    embed_seconds: float
+
+    def to_state(self) -> dict[str, Any]:
+        def embedded(value: EmbeddedSubset | None) -> dict[str, Any] | None:
+            if value is None:
+                return None
+            return {"embeddings": value.embeddings.cpu(), "targets": {k: v.cpu() for k, v in value.targets.items()}}
+
+        return {
+            "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "primary": self.primary,
+            "tasks": list(self.tasks), "metrics": dict(self.metrics), "embed_seconds": self.embed_seconds,
+            "heads": {name: {"weight": h.weight.cpu(), "row_names": list(h.row_names)}
+                      for name, h in self.heads.items()},
+            "subset": embedded(self.subset), "holdout": embedded(self.holdout),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "PendingAnalysis":
+        def embedded(value: Mapping[str, Any] | None) -> EmbeddedSubset | None:
+            return None if value is None else EmbeddedSubset(value["embeddings"], dict(value["targets"]))
+
+        subset = embedded(state["subset"])
+        assert subset is not None
+        return cls(
+            epoch=int(state["epoch"]), step=int(state["step"]), global_step=int(state["global_step"]),
+            primary=str(state["primary"]), tasks=list(state["tasks"]), metrics=dict(state["metrics"]),
+            embed_seconds=float(state["embed_seconds"]),
+            heads={name: HeadWeights(h["weight"], tuple(h["row_names"])) for name, h in state["heads"].items()},
+            subset=subset, holdout=embedded(state["holdout"]),
+        )
+
+
+def _on_cpu(pending: PendingAnalysis) -> PendingAnalysis:
+    """``pending`` with every tensor on the CPU (the background analysis runs there, off the training device)."""
+    def embedded(value: EmbeddedSubset | None) -> EmbeddedSubset | None:
+        if value is None:
+            return None
+        return EmbeddedSubset(value.embeddings.cpu(), {k: v.cpu() for k, v in value.targets.items()})
+
+    subset = embedded(pending.subset)
+    assert subset is not None
+    heads = {name: HeadWeights(h.weight.cpu(), h.row_names) for name, h in pending.heads.items()}
+    return replace(pending, heads=heads, subset=subset, holdout=embedded(pending.holdout))
+
+
+def _epoch_end_step(trainer: L.Trainer) -> int:
+    """The step at which Lightning logs this epoch's epoch-end metrics (one below the count of stepped batches)."""
+    stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+    return max(0, int(stepped) - 1)
+
+
+def _start_worker_thread(num_threads: int) -> None:
+    # torch's intra-op thread count is per thread (OpenMP): the trainer's threads keep their own setting
+    torch.set_num_threads(num_threads)
 
 
 def embed_batches(
@@ -194,8 +266,8 @@ class WeightSpaceCorrelation(Callback):
             ``holdout_fraction`` of it measures probe quality; the rest fits the probes.
         batch_size: batch size of the embedding pass.
         every_n_epochs: compute every n-th epoch (the last epoch is always computed).
-        k_min, var_threshold, num_permutations, holdout_fraction, l2, max_iter, tol, num_bootstrap, ci_level,
-            auroc_floor, deconfound, seed, k_values, decision: the analysis
+        k_min, var_threshold, num_permutations, stop_after_exceedances, holdout_fraction, l2, max_iter, tol,
+            num_bootstrap, ci_level, auroc_floor, deconfound, seed, k_values, decision: the analysis
             (:class:`wsca_lightning.wsc.AnalysisSettings`); ``seed`` also draws the subset; ``k_values`` adds max
             |WSC| at those projection sizes (``k_sweep`` in the summary, the paper's Fig. 4); ``decision`` forms the
             verdict's p (``calibrated``, the default, or the old ``permutation``).
@@ -203,6 +275,23 @@ class WeightSpaceCorrelation(Callback):
         dirpath: where files go (default ``<trainer.default_root_dir>/wsc``).
         save_matrices: write the per-epoch ``.npz`` files.
         save_plots: write heatmaps and the fit-end plot (needs matplotlib, the ``plots`` extra).
+        async_analysis: run the analysis and its files in a background thread while the next epoch trains (the
+            default); training waits only for the embedding pass. See "Asynchronous analysis" below.
+        analysis_threads: torch threads of that background thread (default: 1 when the module trains on the CPU,
+            so the trainer keeps its cores, else the process's torch thread count).
+
+    Asynchronous analysis: the embedding pass runs at the epoch's end, as in the paper, with the heads copied; the
+    analysis runs on the CPU in one background thread. Its values are logged against the epoch they belong to (that
+    epoch's step, with its ``epoch`` column in ``metrics.csv``), and the alarm acts as soon as a result arrives
+    (single process: at the next training batch's end; under DDP: at the next epoch end, where every rank receives
+    it) and at the latest at the next epoch end, which waits for it; fit end waits for the last one (the epoch that
+    ``max_epochs`` makes the last is analysed inline: nothing is left to train beside it). A failure in
+    the analysis is raised in the training process (on every rank) when its result is collected. A checkpoint
+    taken while an analysis runs carries its inputs, and a run resumed from it recomputes that epoch first, so the
+    history has no gap or duplicate. Results also enter ``trainer.callback_metrics`` when they arrive, so a monitor
+    on ``wsc/...`` (``EarlyStopping``, ``ModelCheckpoint``) reads the latest analysed epoch's values, which are a
+    computed epoch behind when the monitor runs at an epoch's end. With ``async_analysis=False`` everything happens
+    inside the epoch-end hook, in the epoch's own row of ``metrics.csv``.
     """
 
     def __init__(
@@ -215,6 +304,7 @@ class WeightSpaceCorrelation(Callback):
         k_min: int = 50,
         var_threshold: float = 0.99,
         num_permutations: int = 100,
+        stop_after_exceedances: int = 10,
         holdout_fraction: float = 0.25,
         l2: float = 1e-2,
         max_iter: int = 200,
@@ -230,6 +320,8 @@ class WeightSpaceCorrelation(Callback):
         dirpath: str | None = None,
         save_matrices: bool = True,
         save_plots: bool = True,
+        async_analysis: bool = True,
+        analysis_threads: int | None = None,
     ) -> None:
         problems = []
         if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
@@ -240,8 +332,13 @@ class WeightSpaceCorrelation(Callback):
                                 ("every_n_epochs", every_n_epochs, 1)):
             if not is_int(value) or value < low:
                 problems.append(f"{key}: must be an integer >= {low}, got {value!r}")
+        if not isinstance(async_analysis, bool):
+            problems.append(f"async_analysis: must be true or false, got {async_analysis!r}")
+        if analysis_threads is not None and (not is_int(analysis_threads) or analysis_threads < 1):
+            problems.append(f"analysis_threads: must be an integer >= 1 or null, got {analysis_threads!r}")
         self.settings = AnalysisSettings(
             k_min=k_min, var_threshold=var_threshold, num_permutations=num_permutations,
+            stop_after_exceedances=stop_after_exceedances,
             holdout_fraction=holdout_fraction, l2=l2, max_iter=max_iter, tol=tol, num_bootstrap=num_bootstrap,
             ci_level=ci_level, auroc_floor=auroc_floor, deconfound=deconfound, seed=seed,
             k_values=tuple(k_values) if isinstance(k_values, Sequence) and not isinstance(k_values, str) else k_values,
@@ -280,6 +377,8 @@ class WeightSpaceCorrelation(Callback):
         self.dirpath = dirpath
         self.save_matrices = save_matrices
         self.save_plots = save_plots
+        self.async_analysis = async_analysis
+        self.analysis_threads = analysis_threads
         self.history: list[dict[str, Any]] = []
         self.alarm_counts: dict[str, int] = {t: 0 for t in self.alarm.tasks}
         self.alarm_epoch: int | None = None  # first epoch at which the alarm went off
@@ -287,6 +386,9 @@ class WeightSpaceCorrelation(Callback):
         self._resolved_dir: str | None = None
         self._module_protocol: str | None = None
         self._warned_no_validation = False
+        self._pending: PendingAnalysis | None = None  # computed epoch whose result is not in the history yet
+        self._job: Future | None = None  # its analysis in the background thread (global rank zero only)
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def state_key(self) -> str:
@@ -335,7 +437,7 @@ class WeightSpaceCorrelation(Callback):
                     "Set ModelCheckpoint(save_on_train_epoch_end=True)."
                 )
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _check_subset_labels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the subset's labels are known before the first step (the training loader exists from here on): a task no
         # probe can be fit on fails now, not at the end of the first epoch
         loader = trainer.train_dataloader if isinstance(trainer.train_dataloader, DataLoader) else None
@@ -404,8 +506,17 @@ class WeightSpaceCorrelation(Callback):
         encodability gate measures each probe; without it the gate uses the subset's held-out part.
         """
         tasks = self.check_module(pl_module)
-        heads: Mapping[str, HeadWeights] = pl_module.wsc_head_weights()
-        primary = pl_module.wsc_primary_task
+        return self.analyze_heads(pl_module.wsc_head_weights(), pl_module.wsc_primary_task, tasks, subset, holdout)
+
+    def analyze_heads(
+        self,
+        heads: Mapping[str, HeadWeights],
+        primary: str,
+        tasks: Sequence[str],
+        subset: EmbeddedSubset,
+        holdout: EmbeddedSubset | None = None,
+    ) -> tuple[WSCAnalysis, dict[str, Any]]:
+        """:meth:`analyze` on given head weights (e.g. copied at an epoch's end) instead of a module's."""
         missing = [t for t in [primary, *tasks] if t not in subset.targets]
         if missing:
             raise ValueError(f"wsc_targets(batch) returned no labels for {missing}; it gave {sorted(subset.targets)}")
@@ -461,6 +572,8 @@ class WeightSpaceCorrelation(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        # the previous computed epoch's result first (waiting for it if needed), so results arrive in epoch order
+        self._collect(trainer, pl_module)
         epoch = trainer.current_epoch
         is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
         if (epoch + 1) % self.every_n_epochs != 0 and not is_last:
@@ -490,30 +603,153 @@ class WeightSpaceCorrelation(Callback):
                 "held-out part of the training subset, which a backbone that memorised a column through its head "
                 "passes. Give the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
             )
-        embedded = time.perf_counter()
-        entry = run_on_rank_zero(trainer, lambda: self.analyze(pl_module, subset, holdout)[1], "the analysis")
-        analysed = time.perf_counter()
         primary = pl_module.wsc_primary_task
-        pl_module.log_dict(self._logged(entry), on_step=False, on_epoch=True)
+        pending = PendingAnalysis(
+            epoch=epoch,
+            step=_epoch_end_step(trainer),
+            global_step=trainer.global_step,
+            primary=primary,
+            tasks=self.check_module(pl_module),
+            heads={name: HeadWeights(h.weight.detach().clone(), tuple(h.row_names))
+                   for name, h in pl_module.wsc_head_weights().items()},
+            subset=subset,
+            holdout=holdout,
+            metrics=self._epoch_metrics(trainer, primary),
+            embed_seconds=time.perf_counter() - start,
+        )
+        # the last epoch runs inline: no training is left to overlap with, and its checkpoint then holds its entry
+        if self.async_analysis and not is_last:
+            self._submit(trainer, pl_module, pending)
+        else:
+            entry, timing = run_on_rank_zero(trainer, lambda: self._run_analysis(pending), "the analysis")
+            self._finish(trainer, pl_module, pending, entry, timing, synchronous=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # one process: a finished analysis is taken in at once (its alarm acts now); under DDP every rank must take
+        # it in together, which happens at the next epoch end
+        if trainer.world_size == 1 and self._job is not None and self._job.done():
+            self._collect(trainer, pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_subset_labels(trainer, pl_module)
+        if self._pending is not None:  # restored from a checkpoint taken while its analysis ran: recompute it
+            pending, self._pending = self._pending, None
+            if self.async_analysis:
+                self._submit(trainer, pl_module, pending)
+            else:
+                entry, timing = run_on_rank_zero(trainer, lambda: self._run_analysis(pending), "the analysis")
+                self._finish(trainer, pl_module, pending, entry, timing, synchronous=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._collect(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # training failed: the analysis already running still completes its epoch's files and the summary (on this
+        # process alone: the other ranks may be gone, so no collective step and no alarm action)
+        pending, job = self._pending, self._job
+        self._pending = self._job = None
+        if pending is not None and job is not None:
+            try:
+                entry, timing = job.result()
+            except Exception as err:  # the training error is the one to raise; this one is reported beside it
+                rank_zero_warn(f"WeightSpaceCorrelation: the analysis of epoch {pending.epoch} failed too: "
+                               f"{type(err).__name__}: {err}")
+            else:
+                self._finish(trainer, pl_module, pending, entry, {**timing, "waited": 0.0}, synchronous=False,
+                             collective=False)
+        self._shutdown_worker()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._shutdown_worker()
+
+    # --- the analysis, in the background or inline ----------------------------------------------------------------
+    def _submit(self, trainer: L.Trainer, pl_module: L.LightningModule, pending: PendingAnalysis) -> None:
+        """Start ``pending``'s analysis in the background thread (global rank zero; on the CPU)."""
+        self._pending = pending
+        if not trainer.is_global_zero:
+            return
+        if self._executor is None:
+            threads = self.analysis_threads or (1 if pl_module.device.type == "cpu" else torch.get_num_threads())
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsc-analysis",
+                                                initializer=_start_worker_thread, initargs=(threads,))
+        on_cpu = _on_cpu(pending)
+        self._job = self._executor.submit(self._run_analysis, on_cpu)
+
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Take the background analysis's result (waiting for it) into the history, the loggers and the alarm
+        (every rank together)."""
+        pending = self._pending
+        if pending is None:
+            return
+        start = time.perf_counter()
+
+        def result() -> tuple[dict[str, Any], dict[str, float]]:
+            if self._job is None:  # cannot happen on rank zero: a pending epoch there always has its job
+                raise RuntimeError(f"the analysis of epoch {pending.epoch} was never started")
+            return self._job.result()
+
+        try:
+            entry, timing = run_on_rank_zero(trainer, result, f"the analysis of epoch {pending.epoch}")
+        finally:
+            self._pending, self._job = None, None
+        timing["waited"] = time.perf_counter() - start
+        self._finish(trainer, pl_module, pending, entry, timing, synchronous=False)
+
+    def _run_analysis(self, pending: PendingAnalysis) -> tuple[dict[str, Any], dict[str, float]]:
+        """The analysis and the epoch's files (global rank zero): the summary entry and how long each took."""
+        start = time.perf_counter()
+        entry = self.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset, pending.holdout)[1]
+        entry = {"epoch": pending.epoch, "global_step": pending.global_step, **entry}
+        analysed = time.perf_counter()
+        self._write_epoch_files(entry, pending.primary)
+        return entry, {"analysis": analysed - start, "files": time.perf_counter() - analysed}
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, pending: PendingAnalysis,
+                entry: dict[str, Any], timing: Mapping[str, float], *, synchronous: bool,
+                collective: bool = True) -> None:
+        """Log an analysed epoch, add it to the history, advance the alarm and rewrite the summary (``collective``:
+        every rank takes part, else this process alone, without acting on the alarm)."""
+        epoch = pending.epoch
+        logged = self._logged(entry)
+        if synchronous:  # inside the epoch-end hook: the epoch's own row, and trainer.callback_metrics
+            pl_module.log_dict(logged, on_step=False, on_epoch=True)
+        else:
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({**logged, "epoch": epoch}, step=pending.step)
+            # monitors (EarlyStopping, ModelCheckpoint, the progress bar) read the latest values from here
+            trainer.callback_metrics.update({key: torch.tensor(value) for key, value in logged.items()})
+        if trainer.is_global_zero and self.save_plots:
+            self._log_heatmap(trainer, epoch)
         fired = self._update_alarm(entry, epoch)
-        entry = {"epoch": epoch, "global_step": trainer.global_step, **entry}
+        parts = {"embed": pending.embed_seconds, **timing}
+        # what training waited for: the embedding pass, and the analysis itself when it ran inline
+        blocking = pending.embed_seconds + parts.get("waited", parts["analysis"] + parts["files"])
         record = {
             "epoch": epoch,
             "k": entry["k"],
-            "metrics": self._epoch_metrics(trainer, primary),
+            "metrics": pending.metrics,
             "tasks": history_tasks(entry),
             "alarm_counts": dict(self.alarm_counts),
+            "seconds": blocking,
+            "seconds_parts": parts,
         }
         # a resumed run re-enters at the checkpoint's epoch: entries from a rolled-back timeline are dropped
         self.history = [h for h in self.history if h["epoch"] < epoch] + [record]
         self.last_entry = entry
-        run_on_rank_zero(trainer, lambda: self._write_epoch_files(trainer, entry, primary), "writing its files")
-        done = time.perf_counter()
-        record["seconds"] = done - start
-        record["seconds_parts"] = {"embed": embedded - start, "analysis": analysed - embedded, "files": done - analysed}
+        if not collective:
+            self._write_summary(trainer, pl_module)
+            return
         self._act_on_alarm(trainer, fired, epoch)
         # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
         run_on_rank_zero(trainer, lambda: self._write_summary(trainer, pl_module), "writing the summary")
+
+    def _shutdown_worker(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._job = None
 
     @staticmethod
     def _validation_loader(trainer: L.Trainer) -> DataLoader | None:
@@ -554,11 +790,11 @@ class WeightSpaceCorrelation(Callback):
              for name, labels in local.targets.items()},
         )
 
-    def _write_epoch_files(self, trainer: L.Trainer, entry: Mapping[str, Any], primary: str) -> None:
+    def _write_epoch_files(self, entry: Mapping[str, Any], primary: str) -> None:
         if self.save_matrices:
             self._write_matrices(entry)
         if self.save_plots:
-            self._write_heatmap(trainer, entry, primary)
+            self._write_heatmap(entry, primary)
         write_table(entry, os.path.join(self._directory, TABLE_FILENAME))
 
     @staticmethod
@@ -622,7 +858,7 @@ class WeightSpaceCorrelation(Callback):
             arrays[f"{name}__cols"] = np.asarray(task["cols"], dtype=str)
         np.savez(os.path.join(self._directory, f"epoch_{entry['epoch']:04d}.npz"), **arrays)
 
-    def _write_heatmap(self, trainer: L.Trainer, entry: Mapping[str, Any], primary: str) -> None:
+    def _write_heatmap(self, entry: Mapping[str, Any], primary: str) -> None:
         from wsca_lightning.plots import heatmap_figure, save_figure
 
         fig = heatmap_figure(entry["tasks"], primary,
@@ -632,9 +868,17 @@ class WeightSpaceCorrelation(Callback):
         latest = os.path.join(self._directory, HEATMAP_FILENAME)
         shutil.copyfile(epoch_png, latest + ".partial")
         os.replace(latest + ".partial", latest)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("wsc/heatmap", fig, global_step=entry["epoch"], close=False)
+
+    def _log_heatmap(self, trainer: L.Trainer, epoch: int) -> None:
+        """The epoch's heatmap (as written) to TensorBoard, at that epoch's step."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        from matplotlib.image import imread
+
+        image = imread(os.path.join(self._directory, "heatmaps", f"epoch_{epoch:04d}.png"))[..., :3]  # RGB
+        for logger in loggers:
+            logger.experiment.add_image("wsc/heatmap", image, global_step=epoch, dataformats="HWC")
 
     def output_dir(self, trainer: L.Trainer) -> str:
         """Where this callback writes for ``trainer``: ``dirpath``, or ``<trainer.default_root_dir>/wsc``."""
@@ -685,8 +929,10 @@ class WeightSpaceCorrelation(Callback):
 
     # --- checkpointing: plain Python only (checkpoints load with weights_only=True) ------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # an epoch still being analysed travels as its inputs: a run resumed from here recomputes it
         return {"history": self.history, "last_entry": self.last_entry, "alarm_counts": dict(self.alarm_counts),
-                "alarm_epoch": self.alarm_epoch}
+                "alarm_epoch": self.alarm_epoch,
+                "pending": None if self._pending is None else self._pending.to_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
@@ -694,3 +940,5 @@ class WeightSpaceCorrelation(Callback):
         saved = state_dict.get("alarm_counts", {})
         self.alarm_counts = {t: int(saved.get(t, 0)) for t in self.alarm.tasks}
         self.alarm_epoch = state_dict.get("alarm_epoch")
+        pending = state_dict.get("pending")
+        self._pending = None if pending is None else PendingAnalysis.from_state(pending)

@@ -66,7 +66,7 @@ import torch
 from torch import Tensor
 
 from .analysis import TaskCorrelation, plain_float
-from .null import NullResult, blind_primary_null, null_result, permutation_null
+from .null import NullResult, blind_primary_null, permutation_null
 from .probes import (
     ProbeFit,
     balanced_accuracy,
@@ -90,6 +90,9 @@ class AnalysisSettings:
     Attributes:
         k_min, var_threshold: projection size ``k = min(d, N - 1, max(k_min, k_var))``.
         num_permutations: label permutations in the null (``B``); 0 skips the null (no z, no p).
+        stop_after_exceedances: sequential nulls (Besag and Clifford 1991): every null (permutation, deconfounded,
+            blind) stops drawing once this many draws reach the observed value, with ``p = h / l`` (``l`` the draw
+            count); a result that is significant at any usual alpha draws all ``B``. 0 draws all ``B`` always.
         holdout_fraction: share of the subset held out to measure probe quality (the rest fits the probes).
         l2, max_iter, tol: probe regularisation and solver limits (:func:`fit_linear_probes`).
         num_bootstrap, ci_level: bootstrap of the held-out AUROC.
@@ -105,6 +108,7 @@ class AnalysisSettings:
     k_min: int = 50
     var_threshold: float = 0.99
     num_permutations: int = 100
+    stop_after_exceedances: int = 10
     holdout_fraction: float = 0.25
     l2: float = 1e-2
     max_iter: int = 200
@@ -140,6 +144,7 @@ class AnalysisSettings:
         integer("num_permutations", 0)
         if self.num_permutations == 1:
             out.append("num_permutations: must be 0 (no null) or >= 2 (the null needs a spread), got 1")
+        integer("stop_after_exceedances", 0)
         number("holdout_fraction", 0.0, 1.0)
         number("l2", 0.0, math.inf, closed_low=True)
         integer("max_iter", 1)
@@ -290,6 +295,7 @@ def null_to_dict(null: NullResult) -> dict[str, Any]:
         "z": plain_float(null.z),
         "p": plain_float(null.p),
         "B": null.num_permutations,
+        "stopped_early": null.stopped_early,
         "observed": plain_float(null.observed),
         "mean": plain_float(float(null.null.mean())),
         "sd": plain_float(float(null.null.std(correction=1))),
@@ -463,10 +469,17 @@ def analyze_embeddings(
         c = int(num_classes[name])
         seed = task_seed(settings.seed, name)
         y_fit = y[fit_idx]
+        head_k = head_d = None
+        if name in head_weights:  # a trained head's direction is known before any probe is fitted
+            head_d = head_weights[name].detach().to(device=device, dtype=torch.float64)
+            head_k = projection.project_weights(head_d)
+            head_max = summarize(cosine_matrix(primary_k, head_k)).max_abs
         try:
             if settings.num_permutations >= 2:
                 null = permutation_null(features[fit_idx], y_fit, primary_k, c,
-                                        num_permutations=settings.num_permutations, seed=seed, **probe_kwargs)
+                                        num_permutations=settings.num_permutations, seed=seed,
+                                        observed=None if head_k is None else head_max,
+                                        stop_after=settings.stop_after_exceedances, **probe_kwargs)
                 fit = null.fit
                 assert fit is not None
             else:
@@ -481,10 +494,8 @@ def analyze_embeddings(
         else:
             quality = _quality(fit, features[hold_idx], y[hold_idx], int((y_fit >= 0).sum()), settings, seed,
                                "subset_holdout")
-        if name in head_weights:
-            source = "head"
-            task_d = head_weights[name].detach().to(device=device, dtype=torch.float64)
-            task_k = projection.project_weights(task_d)
+        if head_k is not None and head_d is not None:
+            source, task_k, task_d = "head", head_k, head_d
         else:
             source = "probe"
             task_k = probe_k
@@ -493,10 +504,8 @@ def analyze_embeddings(
         raw_weights[name] = task_d
         correlation = TaskCorrelation.between(primary_k, task_k, primary_d, task_d)
         diverged = not math.isfinite(correlation.summary.max_abs)
-        if null is not None and (source == "head" or diverged):
-            null = null_result(correlation.summary.max_abs, null.null)
-            if diverged:  # NaN >= nothing: the +1 formula would call a diverged head maximally significant
-                null = replace(null, z=math.nan, p=math.nan)
+        if null is not None and diverged:  # NaN >= nothing: the +1 formula would call a diverged head significant
+            null = replace(null, z=math.nan, p=math.nan)
         identifiable = None
         if primary_k.shape[0] == 2 or task_k.shape[0] == 2:
             identifiable = TaskCorrelation.between(identifiable_rows(primary_k), identifiable_rows(task_k),
@@ -516,7 +525,8 @@ def analyze_embeddings(
                 try:
                     blind = blind_primary_null(null.observed, task_k, features[fit_idx], y_primary[fit_idx], y_fit,
                                                primary_k.shape[0], num_draws=settings.num_permutations,
-                                               seed=seed + 4, **probe_kwargs)
+                                               seed=seed + 4, stop_after=settings.stop_after_exceedances,
+                                               **probe_kwargs)
                 except ValueError as err:  # e.g. a resample without a rare primary class
                     blind = f"the blind primary probes cannot be fit: {err}"
             test = _shortcut_test(
@@ -601,7 +611,8 @@ def _deconfounded(
     try:
         if settings.num_permutations >= 2:
             null = permutation_null(features, y, primary_k, num_classes, num_permutations=settings.num_permutations,
-                                    seed=seed + 1, sample_weight=weights, **probe_kwargs)
+                                    seed=seed + 1, sample_weight=weights,
+                                    stop_after=settings.stop_after_exceedances, **probe_kwargs)
             return Deconfounded(null.observed, replace(null, fit=None))
         fit = fit_linear_probes(features, y, num_classes, sample_weight=weights, **probe_kwargs)
     except ValueError as err:

@@ -36,9 +36,11 @@ class NullResult:
     """Observed max |cos| of the real probe against the primary head, and its permutation null.
 
     ``z = (observed - mean(null)) / std(null)`` (``std`` with ``correction=1``); when ``std == 0`` it is 0 if
-    ``observed`` equals the mean and ``±inf`` otherwise. ``p = (1 + #(null >= observed)) / (B + 1)``, never 0.
-    ``fit`` holds every fitted probe (index 0 is the real one, 1.. the permutations), so a caller can report the real
-    probe's matrix, AUROC and convergence without refitting. ``eq=False``: tensor fields have no single truth value.
+    ``observed`` equals the mean and ``±inf`` otherwise. ``p = (1 + #(null >= observed)) / (B + 1)``, never 0; or,
+    when the draws stopped early (``stopped_early``, :func:`null_result`'s ``stop_after``), Besag and Clifford's
+    ``h / l``. ``num_permutations`` is the number of draws made. ``fit`` holds every fitted probe (index 0 is the
+    real one, 1.. the permutations), so a caller can report the real probe's matrix, AUROC and convergence without
+    refitting. ``eq=False``: tensor fields have no single truth value.
     """
 
     observed: float
@@ -47,6 +49,7 @@ class NullResult:
     p: float
     num_permutations: int
     fit: ProbeFit | None = field(default=None, repr=False)
+    stopped_early: bool = False
 
 
 def _max_abs_cos(primary: Tensor, probe_weight: Tensor) -> Tensor:
@@ -59,6 +62,33 @@ def _max_abs_cos(primary: Tensor, probe_weight: Tensor) -> Tensor:
     ub = _unit_rows(probe_weight.reshape(b * c, k), _EPS)
     cos = (ub @ ua.T).clamp(-1.0, 1.0).view(b, -1)
     return cos.abs().amax(dim=1)
+
+
+def draw_chunks(total: int, stop_after: int) -> list[int]:
+    """Sizes of the batches in which a null of ``total`` draws is drawn: all at once without sequential stopping
+    (``stop_after == 0``), else a first batch of ``max(20, 2 * stop_after)`` and then batches twice that size, so a
+    clearly null result stops after one or two batched solves and a significant one costs a few more solver calls."""
+    if stop_after <= 0:
+        return [total]
+    sizes: list[int] = []
+    size = max(20, 2 * stop_after)
+    while sum(sizes) < total:
+        sizes.append(min(size, total - sum(sizes)))
+        size = 2 * max(20, 2 * stop_after)
+    return sizes
+
+
+def _check_stop_after(stop_after: int) -> None:
+    if isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0:
+        raise ValueError(f"stop_after must be an integer >= 0 (0 = draw every permutation), got {stop_after!r}")
+
+
+def _concat_fits(fits: list[ProbeFit]) -> ProbeFit:
+    if len(fits) == 1:
+        return fits[0]
+    return ProbeFit(weight=torch.cat([f.weight for f in fits]), bias=torch.cat([f.bias for f in fits]),
+                    converged=torch.cat([f.converged for f in fits]), grad_norm=torch.cat([f.grad_norm for f in fits]),
+                    iterations=sum(f.iterations for f in fits))
 
 
 def permuted_labels(
@@ -100,6 +130,8 @@ def permutation_null(
     num_permutations: int = 100,
     seed: int = 0,
     strata: Tensor | None = None,
+    observed: float | None = None,
+    stop_after: int = 0,
     **probe_kwargs: object,
 ) -> NullResult:
     """Observed max |cos(primary row, probe row)| and its null from ``num_permutations`` label permutations.
@@ -110,6 +142,13 @@ def permutation_null(
     seeded by ``seed`` on the CPU, so the null is identical for the same seed on any device. ``probe_kwargs`` go to
     ``fit_linear_probes``; a ``sample_weight`` ``(N,)`` stays attached to its row (it describes the sample, not the
     label). ``strata`` ``(N,)``: permute within these groups only (:func:`permuted_labels`).
+
+    ``observed``: the value to test, when it is not the real probe's own (e.g. a trained metadata head's max |cos|;
+    the real probe is still fitted, as ``fit`` index 0). ``stop_after`` > 0: sequential drawing (Besag and Clifford
+    1991): the permutations are fitted in batches (:func:`draw_chunks`) and drawing stops once ``stop_after`` of
+    them reach the observed value; ``p = stop_after / l`` with ``l`` the draw that made it so, exactly the p-value
+    of drawing one at a time. The permutations are the same as without stopping (the first ``l`` of them), so a
+    result with fewer than ``stop_after`` exceedances in all ``num_permutations`` draws gets the usual p.
     """
     if isinstance(num_permutations, bool) or not isinstance(num_permutations, int) or num_permutations < 2:
         raise ValueError(f"num_permutations must be an integer >= 2 (std of the null), got {num_permutations!r}")
@@ -126,31 +165,54 @@ def permutation_null(
     if isinstance(sample_weight, Tensor) and tuple(sample_weight.shape) != (n,):
         raise ValueError(f"sample_weight must have shape ({n},) (one weight per row), got {tuple(sample_weight.shape)}")
 
-    stacked = torch.cat([labels.detach().to(torch.int64).cpu().unsqueeze(0),
-                         permuted_labels(labels, num_permutations, seed=seed, strata=strata)])
-    stacked = stacked.to(features.device)
-    fit = fit_linear_probes(features, stacked, num_classes, **probe_kwargs)  # type: ignore[arg-type]
+    _check_stop_after(stop_after)
 
-    primary = primary_weight.detach().to(device=fit.weight.device, dtype=torch.float64)
-    stats = _max_abs_cos(primary, fit.weight)
-    return null_result(float(stats[0]), stats[1:].clone(), fit=fit)
+    permuted = permuted_labels(labels, num_permutations, seed=seed, strata=strata)
+    primary = primary_weight.detach().to(device=features.device, dtype=torch.float64)
+    fits: list[ProbeFit] = []
+    stats: list[Tensor] = []
+    drawn = 0
+    for size in draw_chunks(num_permutations, stop_after):
+        block = permuted[drawn:drawn + size]
+        if not fits:  # the real labels ride with the first batch
+            block = torch.cat([labels.detach().to(torch.int64).cpu().unsqueeze(0), block])
+        fit = fit_linear_probes(features, block.to(features.device), num_classes, **probe_kwargs)  # type: ignore[arg-type]
+        fits.append(fit)
+        stats.append(_max_abs_cos(primary, fit.weight))
+        drawn += size
+        if observed is None:
+            observed = float(stats[0][0])
+        if stop_after and int((torch.cat(stats)[1:] >= observed).sum()) >= stop_after:
+            break
+    assert observed is not None
+    return null_result(observed, torch.cat(stats)[1:].clone(), fit=_concat_fits(fits), stop_after=stop_after)
 
 
-def null_result(observed: float, null: Tensor, *, fit: ProbeFit | None = None) -> NullResult:
+def null_result(
+    observed: float, null: Tensor, *, fit: ProbeFit | None = None, stop_after: int = 0
+) -> NullResult:
     """Read ``observed`` against a null sample ``(B,)`` (``B >= 2``): z-score and empirical p with the +1 correction.
 
     Used for the probe's own value and for any other direction compared against the same null (e.g. a metadata head
-    trained with the model, read against probes refitted on permuted labels).
+    trained with the model, read against probes refitted on permuted labels). ``stop_after`` > 0 reads the draws
+    as a sequential test (Besag and Clifford 1991): when ``stop_after`` draws (in their order) reach ``observed``,
+    the null is cut at the draw ``l`` that made it so and ``p = stop_after / l``; otherwise the usual p.
     """
     if null.ndim != 1 or null.numel() < 2:
         raise ValueError(f"null must be 1-D with at least 2 values, got shape {tuple(null.shape)}")
+    _check_stop_after(stop_after)
     null = null.detach().to(torch.float64)
+    reached = torch.cumsum((null >= observed).to(torch.int64), dim=0)
+    stopped = bool(stop_after and int(reached[-1]) >= stop_after)
+    if stopped:
+        null = null[: int(torch.searchsorted(reached, stop_after)) + 1]
     mean = float(null.mean())
-    std = float(null.std(correction=1))
+    std = float(null.std(correction=1)) if null.numel() > 1 else 0.0
     diff = observed - mean
     z = diff / std if std > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
-    p = (1 + int((null >= observed).sum())) / (null.numel() + 1)
-    return NullResult(observed=observed, null=null, z=z, p=p, num_permutations=int(null.numel()), fit=fit)
+    p = stop_after / null.numel() if stopped else (1 + int((null >= observed).sum())) / (null.numel() + 1)
+    return NullResult(observed=observed, null=null, z=z, p=p, num_permutations=int(null.numel()), fit=fit,
+                      stopped_early=stopped)
 
 
 def covariance_null(
@@ -256,6 +318,7 @@ def blind_primary_null(
     *,
     num_draws: int = 100,
     seed: int = 0,
+    stop_after: int = 0,
     **probe_kwargs: object,
 ) -> NullResult:
     """``observed`` max |cos(primary head, metadata direction)| against primary heads that *cannot* use the metadata.
@@ -264,7 +327,8 @@ def blind_primary_null(
     of ``features`` ``(N, k)``, and primary probes are fitted there on ``num_draws`` bootstrap resamples (one batched
     solve). Each is a primary head as the data allow it without the metadata; its max |cos| with the metadata
     direction ``task_weight`` ``(C_m, k)`` is what geometry alone gives (the metadata and the label sharing the
-    embedding's dominant directions). A head that uses the metadata aligns with it beyond that.
+    embedding's dominant directions). A head that uses the metadata aligns with it beyond that. ``stop_after``:
+    sequential drawing, as in :func:`permutation_null` (the same resamples, fitted in batches).
     """
     x = features.detach().to(torch.float64)
     basis = metadata_subspace(x, metadata, primary_labels)
@@ -274,8 +338,16 @@ def blind_primary_null(
     rows = torch.randint(0, n, (num_draws, n), generator=gen)
     weights = torch.zeros(num_draws, n, dtype=torch.float64).scatter_add_(1, rows, torch.ones(num_draws, n,
                                                                                                   dtype=torch.float64))
-    y = primary_labels.detach().to(torch.int64)
-    fit = fit_linear_probes(blind, y.to(x.device).expand(num_draws, -1), num_primary_classes,
-                            sample_weight=weights.to(x.device), **probe_kwargs)  # type: ignore[arg-type]
+    y = primary_labels.detach().to(device=x.device, dtype=torch.int64)
     task = task_weight.detach().to(device=x.device, dtype=torch.float64)
-    return null_result(observed, _max_abs_cos(task, fit.weight).cpu())
+    stats: list[Tensor] = []
+    drawn = 0
+    for size in draw_chunks(num_draws, stop_after):
+        fit = fit_linear_probes(blind, y.expand(size, -1), num_primary_classes,
+                                sample_weight=weights[drawn:drawn + size].to(x.device),
+                                **probe_kwargs)  # type: ignore[arg-type]
+        stats.append(_max_abs_cos(task, fit.weight).cpu())
+        drawn += size
+        if stop_after and int((torch.cat(stats) >= observed).sum()) >= stop_after:
+            break
+    return null_result(observed, torch.cat(stats), stop_after=stop_after)
