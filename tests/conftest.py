@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
-from omegaconf import DictConfig
 
-from wsca_lightning.cli.train import compose_train_config
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 # CI replays the same property-test examples on every run (a landing never hangs on a newly drawn example);
 # local runs keep drawing new ones, which is where counterexamples are found.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with the most end-to-end (``slow``) tests first. Under pytest-xdist (``make test``: ``--dist
+    loadfile``) whole files go to the workers in this order, so the longest start first and the workers finish
+    together instead of one running the last long file alone. The order within a file is kept."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
+
 
 # small enough for seconds per epoch on 2 CPU cores, large enough for a PCA of the 128-d SonoNet16 embedding
 TINY = [
@@ -36,6 +46,9 @@ TINY = [
 
 @pytest.fixture
 def tiny_config(tmp_path: Path):
+    # imported here, not at the top: pytest-xdist's controller loads this file too, and never trains
+    from wsca_lightning.cli.train import compose_train_config
+
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
         return compose_train_config(output_dir or tmp_path / "run", [*TINY, *overrides])
 

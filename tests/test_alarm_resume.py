@@ -261,7 +261,8 @@ KILL_SCRIPT = textwrap.dedent(
     import lightning as L
 
     sys.path.insert(0, sys.argv[1])
-    from conftest import TINY, compose_train_config
+    from conftest import TINY
+    from wsca_lightning.cli.train import compose_train_config
     from wsca_lightning.cli.train import train
 
     class KillMidEpoch(L.Callback):
@@ -319,7 +320,8 @@ def wsc_state(ckpt: dict[str, Any]) -> dict[str, Any]:
 def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(tmp_path, in_flight):
     """Synchronous: killed in epoch 2, after epoch 1's analysis and checkpoint. Asynchronous, ``in_flight``: killed
     in epoch 3 while epoch 2's analysis still runs in the background; epoch 2's checkpoint carries its inputs."""
-    from conftest import TINY, compose_train_config
+    from conftest import TINY
+    from wsca_lightning.cli.train import compose_train_config
 
     run = tmp_path / "run"
     last = 2 if in_flight else 1  # the last completed (checkpointed) epoch

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import TINY, compose_train_config
+from conftest import TINY
+from wsca_lightning.cli.train import compose_train_config
 from wsca_lightning.cli.analyze import analyze
 from wsca_lightning.cli.train import ConfigError, train
 from wsca_lightning.posthoc import analyze_model, write_analysis

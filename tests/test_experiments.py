@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_train_config
+from wsca_lightning.cli.train import compose_train_config
 from wsca_lightning.data.datamodule import SyntheticUltrasoundDataModule
 from wsca_lightning.data.synthetic import REFERENCE_SIZE, sample_metadata, split_generator
 from wsca_lightning.models import MultiHeadModule

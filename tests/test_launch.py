@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
-from conftest import TINY, compose_train_config
+from conftest import TINY
+from wsca_lightning.cli.train import compose_train_config
 from wsca_lightning.cli.train import ConfigError, check_launch, outside_launch_size
 
 TORCHRUN = {"TORCHELASTIC_RUN_ID": "42", "WORLD_SIZE": "4", "RANK": "1", "LOCAL_RANK": "1"}

@@ -15,7 +15,8 @@ from torchvision.transforms.v2 import functional as F
 from wsca_lightning.cli.train import ConfigError, instantiate_node, train
 from wsca_lightning.data.manifest import read_grayscale
 from wsca_lightning.data.manifest_datamodule import ManifestImageDataset
-from conftest import TINY, compose_train_config
+from conftest import TINY
+from wsca_lightning.cli.train import compose_train_config
 
 H, W = 32, 48          # image_size of the runs
 H0, W0 = 48, 64        # stored size: the resize changes x and y by different factors

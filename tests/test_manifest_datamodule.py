@@ -13,7 +13,8 @@ from PIL import Image
 
 from wsca_lightning.cli.train import ConfigError, instantiate_node, train
 from wsca_lightning.wsc.binning import fit_bin_edges
-from conftest import TINY, compose_train_config
+from conftest import TINY
+from wsca_lightning.cli.train import compose_train_config
 
 H, W = 32, 48
 # the shared tiny run settings, minus the built-in data's own size keys

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from wsca_lightning.cli.train import ConfigError, train
+from wsca_lightning.cli.train import ConfigError, compose_train_config, train
 from wsca_lightning.models import MultiHeadModule
 from wsca_lightning.models.backbones import BACKBONE_NAMES, BACKBONE_REGISTRY, build_backbone
 from wsca_lightning.models.resnet import (
@@ -23,8 +23,6 @@ from wsca_lightning.models.resnet import (
     load_resnet_weights,
 )
 from wsca_lightning.tasks import TaskSpec
-
-from conftest import compose_train_config
 
 TASKS = [
     TaskSpec("risk", "categorical", ("short", "intermediate", "normal")).to_dict(),
@@ -338,8 +336,6 @@ def test_file_that_is_not_a_state_dict(tmp_path, payload):
 def test_wsca_train_with_resnet18_writes_a_512_d_summary(tmp_path):
     """The app's own train() on its composed config, in this process (the console script is tested in
     test_train_app; a subprocess would only add an interpreter start-up)."""
-    from wsca_lightning.cli.train import compose_train_config, train
-
     run = tmp_path / "run"
     train(compose_train_config(run, [
         "model=resnet18", "data.num_train=64", "data.num_val=32", "data.image_size=[64,80]", "trainer.max_epochs=1",

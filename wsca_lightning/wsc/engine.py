@@ -9,7 +9,8 @@ Given the embeddings of a fixed training subset, the primary head and the metada
 4. takes the *observed* metadata direction: the module's own head (``heads`` protocol: multitask or probe_online) or
    the refitted probe (``probe_refit``), and correlates it with the primary head in the projected space (the
    paper's measure) and in the raw space (the "w/o PCA" reference);
-5. reads the observed max |cos| against the null: z-score and ``p = (1 + #(null >= observed)) / (B + 1)``;
+5. reads the observed max |cos| against the null: z-score and ``p = (1 + #(null >= observed)) / (B + 1)``, the
+   permutations drawn sequentially so that a clearly null result stops early (``stop_after_exceedances``);
 6. gates it: the probe's macro AUROC, with a bootstrap CI, on data the backbone did not train on when the caller
    gives it (``holdout_embeddings``: the validation split), else on the held-out part of the subset; a task whose
    CI includes 0.5 (or whose AUROC is not above ``auroc_floor``) is ``interpretable = False`` with the reason;

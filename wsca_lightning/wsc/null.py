@@ -4,7 +4,7 @@ Random directions in R^k have cosines of sd ~ 1/sqrt(k), far wider than the pape
 max |cos| needs a null computed for *this* model and *this* projection. Three references live here:
 
 - :func:`permutation_null`: the metadata probe refitted on permuted metadata labels (same embeddings, same
-  projection, same class counts), all probes in one batched ``fit_linear_probes`` call. With ``strata`` (the
+  projection, same class counts), the probes of many permutations in each batched ``fit_linear_probes`` call. With ``strata`` (the
   primary labels) the labels are permuted within each primary class, which keeps the metadata-label association
   and breaks the rest. Permuted-label probes point into the embedding's low-variance noise directions, while the
   probe or head of an *encoded* variable follows its high-variance directions, where a primary head also lies: on
@@ -14,6 +14,10 @@ max |cos| needs a null computed for *this* model and *this* projection. Three re
   aligned with the primary head is a direction that the data make likely, but that has nothing to do with it?".
 - :func:`score_dependence_test`: no directions at all; do the primary head's scores differ between metadata classes
   within each primary class (within-class permutations)? A direct test of dependence, kept for comparison.
+
+The permutation and the metadata-blind nulls can be drawn sequentially (``stop_after``, Besag and Clifford 1991):
+drawing stops once enough draws reach the observed value, so a clearly null result costs a fraction of the draws
+and a small p all of them.
 """
 
 from __future__ import annotations
