@@ -119,6 +119,9 @@ class EmbeddedSubset:
     embeddings: Tensor
     targets: dict[str, Tensor] = field(default_factory=dict)
 
+    def cpu(self) -> "EmbeddedSubset":
+        return EmbeddedSubset(self.embeddings.cpu(), {name: labels.cpu() for name, labels in self.targets.items()})
+
 
 @dataclass
 class PendingAnalysis:
@@ -137,18 +140,21 @@ class PendingAnalysis:
     metrics: dict[str, float]  # the epoch's losses and primary metrics, for the history
     embed_seconds: float
 
+    def cpu(self) -> "PendingAnalysis":
+        """A copy with every tensor on the CPU (the background analysis runs there, off the training device)."""
+        return replace(self, subset=self.subset.cpu(), holdout=None if self.holdout is None else self.holdout.cpu(),
+                       heads={name: HeadWeights(h.weight.cpu(), h.row_names) for name, h in self.heads.items()})
+
     def to_state(self) -> dict[str, Any]:
         def embedded(value: EmbeddedSubset | None) -> dict[str, Any] | None:
-            if value is None:
-                return None
-            return {"embeddings": value.embeddings.cpu(), "targets": {k: v.cpu() for k, v in value.targets.items()}}
+            return None if value is None else {"embeddings": value.embeddings, "targets": dict(value.targets)}
 
+        on_cpu = self.cpu()
         return {
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "primary": self.primary,
             "tasks": list(self.tasks), "metrics": dict(self.metrics), "embed_seconds": self.embed_seconds,
-            "heads": {name: {"weight": h.weight.cpu(), "row_names": list(h.row_names)}
-                      for name, h in self.heads.items()},
-            "subset": embedded(self.subset), "holdout": embedded(self.holdout),
+            "heads": {name: {"weight": h.weight, "row_names": list(h.row_names)} for name, h in on_cpu.heads.items()},
+            "subset": embedded(on_cpu.subset), "holdout": embedded(on_cpu.holdout),
         }
 
     @classmethod
@@ -165,19 +171,6 @@ class PendingAnalysis:
             heads={name: HeadWeights(h["weight"], tuple(h["row_names"])) for name, h in state["heads"].items()},
             subset=subset, holdout=embedded(state["holdout"]),
         )
-
-
-def _on_cpu(pending: PendingAnalysis) -> PendingAnalysis:
-    """``pending`` with every tensor on the CPU (the background analysis runs there, off the training device)."""
-    def embedded(value: EmbeddedSubset | None) -> EmbeddedSubset | None:
-        if value is None:
-            return None
-        return EmbeddedSubset(value.embeddings.cpu(), {k: v.cpu() for k, v in value.targets.items()})
-
-    subset = embedded(pending.subset)
-    assert subset is not None
-    heads = {name: HeadWeights(h.weight.cpu(), h.row_names) for name, h in pending.heads.items()}
-    return replace(pending, heads=heads, subset=subset, holdout=embedded(pending.holdout))
 
 
 def _epoch_end_step(trainer: L.Trainer) -> int:
@@ -618,11 +611,7 @@ class WeightSpaceCorrelation(Callback):
             embed_seconds=time.perf_counter() - start,
         )
         # the last epoch runs inline: no training is left to overlap with, and its checkpoint then holds its entry
-        if self.async_analysis and not is_last:
-            self._submit(trainer, pl_module, pending)
-        else:
-            entry, timing = run_on_rank_zero(trainer, lambda: self._run_analysis(pending), "the analysis")
-            self._finish(trainer, pl_module, pending, entry, timing, synchronous=True)
+        self._start(trainer, pl_module, pending, inline=not self.async_analysis or is_last, in_epoch_end=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -635,11 +624,7 @@ class WeightSpaceCorrelation(Callback):
         self._check_subset_labels(trainer, pl_module)
         if self._pending is not None:  # restored from a checkpoint taken while its analysis ran: recompute it
             pending, self._pending = self._pending, None
-            if self.async_analysis:
-                self._submit(trainer, pl_module, pending)
-            else:
-                entry, timing = run_on_rank_zero(trainer, lambda: self._run_analysis(pending), "the analysis")
-                self._finish(trainer, pl_module, pending, entry, timing, synchronous=False)
+            self._start(trainer, pl_module, pending, inline=not self.async_analysis, in_epoch_end=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._collect(trainer, pl_module)
@@ -664,6 +649,16 @@ class WeightSpaceCorrelation(Callback):
         self._shutdown_worker()
 
     # --- the analysis, in the background or inline ----------------------------------------------------------------
+    def _start(self, trainer: L.Trainer, pl_module: L.LightningModule, pending: PendingAnalysis, *, inline: bool,
+               in_epoch_end: bool) -> None:
+        """Analyse ``pending`` inline (logged with ``log_dict`` when inside the epoch-end hook, else straight to the
+        loggers) or in the background thread."""
+        if not inline:
+            self._submit(trainer, pl_module, pending)
+            return
+        entry, timing = run_on_rank_zero(trainer, lambda: self._run_analysis(pending), "the analysis")
+        self._finish(trainer, pl_module, pending, entry, timing, synchronous=in_epoch_end)
+
     def _submit(self, trainer: L.Trainer, pl_module: L.LightningModule, pending: PendingAnalysis) -> None:
         """Start ``pending``'s analysis in the background thread (global rank zero; on the CPU)."""
         self._pending = pending
@@ -673,8 +668,7 @@ class WeightSpaceCorrelation(Callback):
             threads = self.analysis_threads or (1 if pl_module.device.type == "cpu" else torch.get_num_threads())
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsc-analysis",
                                                 initializer=_start_worker_thread, initargs=(threads,))
-        on_cpu = _on_cpu(pending)
-        self._job = self._executor.submit(self._run_analysis, on_cpu)
+        self._job = self._executor.submit(self._run_analysis, pending.cpu())
 
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Take the background analysis's result (waiting for it) into the history, the loggers and the alarm
