@@ -47,7 +47,7 @@ def recording_writes(write: Callable[..., Any], path_position: int) -> Callable[
 
 # module level, so the spawned processes (which re-import this file) record too
 wsc_callback.write_table = recording_writes(wsc_callback.write_table, 1)
-wsc_callback.write_json = recording_writes(wsc_callback.write_json, 1)
+wsc_callback.write_summary = recording_writes(wsc_callback.write_summary, 1)
 plots.save_figure = recording_writes(plots.save_figure, 1)
 np.savez = recording_writes(np.savez, 0)
 

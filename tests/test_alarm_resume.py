@@ -166,6 +166,9 @@ def test_warn_action_warns_at_every_epoch_past_patience_and_keeps_training(tmp_p
     assert callback.alarm_epoch == 1  # the first epoch it went off, not the latest
     summary = json.loads((tmp_path / "wsc" / "wsc_summary.json").read_text())
     assert summary["alarm"]["first_epoch"] == 1 and summary["alarm"]["counts"] == {"copy": 4}
+    # the watched task's verdict p is on Lightning's progress bar (the last epoch's)
+    assert trainer.progress_bar_metrics["wsc/copy/test_p"] == pytest.approx(callback.history[-1]["tasks"]["copy"]
+                                                                           ["test_p"])
 
 
 @pytest.mark.parametrize(

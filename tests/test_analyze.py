@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import wsca_lightning
 from conftest import TINY
 from wsca_lightning.cli.train import compose_train_config
 from wsca_lightning.cli.analyze import analyze
+from wsca_lightning.cli.analyze import main as analyze_main
 from wsca_lightning.cli.train import ConfigError, train
 from wsca_lightning.posthoc import analyze_model, write_analysis
 from wsca_lightning.summary import TABLE_COLUMNS
@@ -38,10 +40,22 @@ def run_analyze(out: Path, *overrides: str) -> dict:
     return analyze(compose_train_config(out, [*TINY_DATA, *TINY_WSC, *overrides], config_name="analyze"))
 
 
-def test_analyze_writes_summary_table_and_heatmap_with_probe_refit(trained, tmp_path):
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_analyze_writes_summary_table_and_heatmap_with_probe_refit(trained, tmp_path, monkeypatch):
     run, _ = trained
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # on a terminal, the embedding passes show progress bars
     result = run_analyze(tmp_path / "a", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}")
+    monkeypatch.undo()
+    for bar in ("embedding the training subset: 100%", "embedding the holdout: 100%"):
+        assert bar in terminal.getvalue()
     summary, paths = result["summary"], result["paths"]
+    # the file records which version wrote it
+    assert json.loads(Path(paths["summary"]).read_text())["wsca_lightning_version"] == wsca_lightning.__version__
     assert summary["protocol"] == "probe_refit" and summary["head_mode"] == "multitask"
     assert summary["epoch"] == 1 and summary["split"] == "train"
     assert set(summary["tasks"]) == {"scanner", "hospital", "spacing", "cervical_length", "bmi"}
@@ -141,15 +155,17 @@ def test_missing_checkpoint_argument_is_a_config_error(tmp_path):
         run_analyze(tmp_path / "out")
 
 
-def test_console_script_exits_2_with_the_error_on_a_bad_checkpoint(tmp_path):
+def test_console_script_exits_2_with_the_error_on_a_bad_checkpoint(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("nope")
-    proc = subprocess.run(
-        [sys.executable, "-m", "wsca_lightning.cli.analyze", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'o'}"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Configuration error" in proc.stderr and "is not a PyTorch checkpoint" in proc.stderr
+    monkeypatch.chdir(tmp_path)
+    # the console script's entry point, in this process
+    monkeypatch.setattr(sys, "argv", ["wsca-analyze", f"checkpoint={bad}", f"hydra.run.dir={tmp_path / 'o'}"])
+    with pytest.raises(SystemExit) as exit:
+        analyze_main()
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Configuration error" in err and "is not a PyTorch checkpoint" in err
 
 
 def test_python_api_analyzes_any_backbone_and_head(tmp_path):

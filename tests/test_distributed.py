@@ -147,12 +147,13 @@ def key_paths(value: Any, prefix: str = "") -> set[str]:
 
 @pytest.fixture(scope="module")
 def ddp_spawn_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """One `wsca-train -m trainer=ddp_spawn seed=0,1` sweep (two jobs of two processes each), shared by the tests
-    below: the sweep's directories, and job 0 as the two-process run compared with a one-process run."""
+    """One `wsca-train -m trainer=ddp_spawn` sweep (a job of two spawned processes), shared by the tests below: the
+    sweep's directories, and job 0 as the two-process run compared with a one-process run. (That every job of a
+    sweep gets its own directory is tested without DDP, test_train_app.py; here: none per rank.)"""
     base = tmp_path_factory.mktemp("ddp_spawn")
     sweep = base / "sweep"
     code, output, _ = run_isolated(
-        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0,1", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], base)
+        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], base)
     assert code == 0, output[-3000:]
     return sweep, output
 
@@ -171,12 +172,11 @@ def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_proce
     assert [h["epoch"] for h in summaries["ddp_spawn"]["history"]] == [0]
 
 
-def test_a_multirun_of_two_ddp_spawn_jobs_gives_each_job_its_own_directory(ddp_spawn_sweep):
+def test_a_multirun_ddp_spawn_job_writes_one_directory_for_both_ranks(ddp_spawn_sweep):
     sweep, _ = ddp_spawn_sweep
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]  # one directory per job, not rank
-    for job, seed in (("0", 0), ("1", 1)):
-        assert (sweep / job / "wsc" / "wsc_summary.json").exists()
-        assert f"seed: {seed}" in (sweep / job / ".hydra" / "config.yaml").read_text()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]  # one directory per job, not per rank
+    assert (sweep / "0" / "wsc" / "wsc_summary.json").exists()
+    assert "seed: 0" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
 
 
 def test_ddp_started_by_lightning_writes_one_run_directory_for_both_ranks(tmp_path):

@@ -1,5 +1,6 @@
-"""Fashion-MNIST through the simulated scanners: IDX reading, determinism, shortcut, subsets, config errors and a
-training run, on tiny IDX files written in the real format (CI machines lack Debian's dataset-fashion-mnist)."""
+"""Fashion-MNIST through the simulated scanners: IDX reading, both folder layouts, determinism, shortcut, subsets,
+config errors and a training run, on tiny IDX files written in the real format (fast, and independent of the data);
+the real files of Debian's dataset-fashion-mnist (installed by .ci/run) are checked where they are installed."""
 
 from __future__ import annotations
 
@@ -196,19 +197,47 @@ def test_every_option_error_is_reported_at_once_with_its_key(root) -> None:
         FashionUltrasoundDataModule(root=str(root), num_train=121, **small())
 
 
-def test_missing_root_or_file_says_how_to_get_the_data(tmp_path, root) -> None:
+def test_missing_root_or_file_names_every_layout_and_how_to_get_the_data(tmp_path, root) -> None:
     hint = ("install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or point "
-            "data.root at a folder with the four Fashion-MNIST IDX files")
+            "data.root at a folder with the four Fashion-MNIST IDX files, or at the root given to torchvision's "
+            "FashionMNIST(root, download=True)")
     missing = tmp_path / "nowhere"
     with pytest.raises(ValueError, match="root") as err:
         FashionUltrasoundDataModule(root=str(missing))
-    assert f"root: {missing} has no train-images-idx3-ubyte.gz; {hint}" in str(err.value)
+    assert (f"root: {missing} holds no complete set of the four Fashion-MNIST IDX files; looked in {missing} "
+            f"(Debian's dataset-fashion-mnist layout): no such folder; {missing}/FashionMNIST/raw (torchvision's "
+            f"FashionMNIST(root, download=True) layout): no such folder; {hint}") in str(err.value)
     partial = tmp_path / "partial"
-    partial.mkdir()
+    (partial / "FashionMNIST" / "raw").mkdir(parents=True)
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         (partial / name).write_bytes((root / name).read_bytes())
-    with pytest.raises(ValueError, match=f"root: {partial} has no t10k-labels-idx1-ubyte.gz"):
+    (partial / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(
+        gzip.decompress((root / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    with pytest.raises(ValueError) as err:
         FashionUltrasoundDataModule(root=str(partial))
+    assert (f"looked in {partial} (Debian's dataset-fashion-mnist layout): lacks t10k-labels-idx1-ubyte[.gz]; "
+            f"{partial}/FashionMNIST/raw (torchvision's FashionMNIST(root, download=True) layout): lacks "
+            "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz];"
+            ) in str(err.value)
+
+
+def test_torchvision_raw_layout_plain_and_gz_reads_the_same_images(tmp_path, root) -> None:
+    """``FashionMNIST(root, download=True)`` leaves ``<root>/FashionMNIST/raw/*-ubyte`` (and the ``.gz``): a tiny
+    copy, train files plain and t10k files gzipped, renders exactly what the flat gzipped layout renders."""
+    raw = tmp_path / "torchvision" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, compress in (("train", False), ("t10k", True)):
+        for kind in ("images-idx3", "labels-idx1"):
+            name = f"{prefix}-{kind}-ubyte"
+            array = read_idx(root / f"{name}.gz").numpy()
+            write_idx(raw / (f"{name}.gz" if compress else name), array, compress=compress)
+    assert not (raw / "train-images-idx3-ubyte.gz").exists() and (raw / "train-images-idx3-ubyte").is_file()
+    for split, n in (("train", 8), ("val", 8)):
+        flat = FashionUltrasoundDataset(split, n, root=str(root), **small())
+        torchvision = FashionUltrasoundDataset(split, n, root=str(tmp_path / "torchvision"), **small())
+        assert torch.equal(flat.images, torchvision.images) and flat.ids == torchvision.ids
+    dm = FashionUltrasoundDataModule(root=str(tmp_path / "torchvision"), num_train=8, num_val=8, **small())
+    assert dm.hparams["root"] == str(tmp_path / "torchvision")  # the configured root, not the raw folder
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -253,7 +282,8 @@ def test_real_fashion_mnist_files_have_the_official_counts_and_render() -> None:
     ("override", "expected"),
     [
         ("model=sa_sononet32", "data.in_channels: the Fashion-MNIST data has 1 channel"),
-        ("data.root=/nowhere", "data.root: /nowhere has no train-images-idx3-ubyte.gz; install Debian's"),
+        ("data.root=/nowhere", "data.root: /nowhere holds no complete set of the four Fashion-MNIST IDX files; "
+                               "looked in /nowhere (Debian's"),
         ("data.classes=[Bag,Hat]", "data.classes: unknown class name(s) ['Hat']"),
     ],
 )

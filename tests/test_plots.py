@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
@@ -198,15 +197,3 @@ def test_history_figure_saves(tmp_path):
     assert matplotlib.image.imread(path).ndim == 3
     assert not list(tmp_path.glob("*partial*"))
 
-
-def test_require_matplotlib_passes_when_installed():
-    plots.require_matplotlib()
-
-
-def test_require_matplotlib_reports_install_hint(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"pip install 'wsca-lightning\[plots\]'") as info:
-        plots.require_matplotlib()
-    assert "callbacks.wsc.save_plots=false" in str(info.value)
-    with pytest.raises(ImportError, match="figures need matplotlib"):
-        plots.heatmap_figure(_tasks(), PRIMARY)

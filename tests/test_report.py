@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from PIL import Image  # noqa: E402 - a matplotlib dependency
 
 from wsca_lightning import report  # noqa: E402
 from wsca_lightning.cli.report import main as report_main  # noqa: E402
+from wsca_lightning.cli.train import main as train_main  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ["scanner", "hospital", "spacing", "cervical_length", "bmi"]
@@ -24,7 +27,7 @@ TINY = [
     "data.num_train=128",
     "data.num_val=64",
     "data.image_size=[32,48]",
-    "trainer.max_epochs=2",
+    "trainer.max_epochs=1",
     "callbacks.wsc.subset_size=128",
     "callbacks.wsc.num_permutations=20",
     "trainer.enable_progress_bar=false",
@@ -54,16 +57,15 @@ def _assert_png(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `wsca-train -m` sweep: 2 seeds x shortcut strength 0.0 / 1.0, 2 epochs on tiny data (once per module)."""
+    """A real `wsca-train -m` sweep: 2 seeds x shortcut strength 0.0 / 1.0, 1 epoch on tiny data (once per module),
+    through the console script's entry point in this process."""
     base = tmp_path_factory.mktemp("report")
     sweep = base / "mr"
-    script = Path(sys.executable).with_name("wsca-train")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "wsca_lightning.cli.train"]
-    proc = subprocess.run(
-        [*command, "-m", f"hydra.sweep.dir={sweep}", "seed=0,1", "data.shortcut_strength=0.0,1.0", *TINY],
-        cwd=base, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        patch.setattr(sys, "argv", ["wsca-train", "-m", f"hydra.sweep.dir={sweep}", "seed=0,1",
+                                    "data.shortcut_strength=0.0,1.0", *TINY])
+        train_main()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     return sweep
 
@@ -221,12 +223,14 @@ def _sample_summary(multirun: Path | None) -> dict:
             "reference": {"intra": {"values": [-0.2, 0.1]}, "inter": {"values": [0.0, 0.05, -0.05]}}}
 
 
-def test_k_sweep_and_categorical_factor(tmp_path: Path) -> None:
+def test_k_sweep_and_categorical_factor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Hand-written summaries with k_sweep, 2 categorical levels x 2 numeric levels: k_sweep table and boxplots,
-    the per-condition chart, and a trend per level of the categorical factor."""
+    the per-condition chart, and a trend per level of the categorical factor. No progress bar off a terminal."""
     _fake_runs(_sample_summary(None), tmp_path / "mr", [("multitask", 0.0), ("multitask", 1.0),
                                                         ("detached", 0.0), ("detached", 1.0)])
     result = report.build_report(tmp_path / "mr", tmp_path / "out", alpha=0.05)
+    err = capsys.readouterr().err
+    assert "reading runs" not in err and "drawing figures" not in err, err
     assert len(result.runs) == 8 and not result.skipped
     assert result.factors == ["model.head_mode", "data.shortcut_strength"]
     assert len(result.conditions) == 4 and all(len(c.runs) == 2 for c in result.conditions)
@@ -248,6 +252,25 @@ def test_k_sweep_and_categorical_factor(tmp_path: Path) -> None:
     for path in result.figures:
         _assert_png(path)
     assert result.html.read_text().count("data:image/png;base64,") == len(result.figures)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal, bars count the runs read and the figures drawn, on stderr."""
+    _fake_runs(_sample_summary(None), tmp_path / "mr", [("multitask", 0.0)], seeds=2)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    result = report.build_report(tmp_path / "mr", tmp_path / "out")
+    shown = terminal.getvalue()
+    n = len(result.figures)
+    assert re.search(r"reading runs: 100%.* 2/2 ", shown), shown
+    assert re.search(rf"drawing figures: 100%.* {n}/{n} ", shown) and n >= 3, shown
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsca_lightning.cli.train import ConfigError, train
+from wsca_lightning.cli.train import ConfigError, main, train
 
 
 # a console-script run that only has to work: small images, a small null and bootstrap
@@ -158,84 +156,33 @@ def test_bad_configuration_fails_before_training_naming_the_key(tiny_config, tmp
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
-@pytest.mark.slow
-def test_console_script_runs_from_any_directory_with_packaged_configs(tmp_path):
-    """`wsca-train` finds its configs without the repository as working directory, and prints the summary."""
-    script = Path(sys.executable).with_name("wsca-train")
-    if not script.exists():
-        pytest.fail(f"{script} missing: install the package (pip install -e .) before running the tests")
-    run = tmp_path / "cli_run"
-    proc = subprocess.run(
-        [str(script), f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", *SMALL_RUN, "trainer.max_epochs=1",
-         "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in proc.stdout
-    assert "scanner" in proc.stdout
-    assert (run / "wsc" / "wsc_summary.json").exists()
-    assert (run / ".hydra" / "config.yaml").exists()
-
-    bad = subprocess.run([str(script), f"hydra.run.dir={tmp_path / 'bad'}", "callbacks.wsc.k_min=0"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2
-    assert "callbacks.wsc.k_min: must be an integer >= 1" in bad.stderr
+def run_console_script(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    """``wsca-train argv...`` in this process (the console script's entry point, without an interpreter start):
+    its exit status."""
+    monkeypatch.setattr(sys, "argv", ["wsca-train", *argv])
+    try:
+        main()
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    return 0
 
 
 @pytest.mark.slow
-def test_tensorboard_logger_option_writes_events_next_to_the_csv(tiny_config, tmp_path):
-    train(tiny_config("logger=tensorboard", "trainer.max_epochs=1"))
-    run = tmp_path / "run"
-    events = list((run / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
-    assert events
-    assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0]
-    # the heatmap and the fit-end plot are logged as images beside the scalars
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(events[0].parent), size_guidance={"images": 0})
-    accumulator.Reload()
-    assert {"wsc/heatmap", "wsc/over_epochs"} <= set(accumulator.Tags()["images"])
-    assert "wsc/scanner/p" in accumulator.Tags()["scalars"]
-
-
-@pytest.mark.slow
-def test_multirun_gives_each_job_its_own_output_directory(tmp_path):
-    script = Path(sys.executable).with_name("wsca-train")
+def test_multirun_gives_each_job_its_own_output_directory(tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [str(script), "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64", "data.num_val=32", *SMALL_RUN,
-         "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    code = run_console_script(monkeypatch, "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64",
+                              "data.num_val=32", *SMALL_RUN, "trainer.max_epochs=1", "callbacks.wsc.subset_size=60",
+                              "trainer.enable_progress_bar=false")
+    assert code == 0, capsys.readouterr().err[-3000:]
     summaries = sorted(sweep.glob("*/wsc/wsc_summary.json"))
     assert [p.parent.parent.name for p in summaries] == ["0", "1"]
     configs = [(sweep / job / ".hydra" / "config.yaml").read_text() for job in ("0", "1")]
     assert "seed: 0" in configs[0] and "seed: 1" in configs[1]
 
 
-@pytest.mark.slow
-def test_wheel_install_carries_the_configs_and_trains_from_any_directory(tmp_path):
-    """The configs ship inside the wheel (pyproject maps conf/ to wsca_lightning.conf): no checkout needed."""
-    repo = Path(__file__).resolve().parents[1]
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(repo)],
-                   check=True, capture_output=True, timeout=300)
-    (wheel,) = (tmp_path / "wheel").glob("wsca_lightning-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
-    code = (
-        "import sys, wsca_lightning; print('PACKAGE', wsca_lightning.__file__);"
-        "from wsca_lightning.cli.train import main; main()"
-    )
-    run = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, f"hydra.run.dir={run}", "data.num_train=64", "data.num_val=32", *SMALL_RUN,
-         "trainer.max_epochs=1", "callbacks.wsc.subset_size=60", "trainer.enable_progress_bar=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"PACKAGE {tmp_path / 'site' / 'wsca_lightning' / '__init__.py'}" in proc.stdout  # not the checkout
-    assert (run / "wsc" / "wsc_summary.json").exists()
+def test_a_bad_setting_exits_2_naming_the_key_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_console_script(monkeypatch, f"hydra.run.dir={tmp_path / 'bad'}", "callbacks.wsc.k_min=0") == 2
+    assert "callbacks.wsc.k_min: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoints").exists()

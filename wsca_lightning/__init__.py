@@ -1,3 +1,3 @@
 """wsca_lightning: Weight Space Correlation analysis for PyTorch Lightning."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -11,8 +11,10 @@ A module works with :class:`~wsca_lightning.callbacks.WeightSpaceCorrelation` wh
   a collated batch, keyed by head name: the probes, the null and the encodability gate are fitted on them.
 
 Optionally ``wsc_protocol: str`` names how the heads came to exist (``multitask``, ``probe_online``...); it is copied
-into ``wsc_summary.json``. :class:`~wsca_lightning.models.MultiHeadModule` implements all of it; a module of your own
-needs only these four members.
+into ``wsc_summary.json``; and ``wsc_task_classes() -> Mapping[str, Sequence[str]]`` names the classes of metadata
+tasks that have labels in ``wsc_targets`` but no head (analysed with ``protocol="probe_refit"``). :class:`~wsca_lightning.models.MultiHeadModule` implements all of it; a module of your own
+needs only these four members. A module without them is read by attribute paths instead
+(:class:`wsca_lightning.attach.AttributeView`, the callback's ``head=...``).
 """
 
 from __future__ import annotations

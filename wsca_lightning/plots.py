@@ -1,7 +1,7 @@
 """Figures for the WSC callback: a per-epoch heatmap of head-vs-probe cosines and a history of max |cos| and loss.
 
-matplotlib is an optional extra (``pip install 'wsca-lightning[plots]'``), so it is imported lazily, only when a
-figure is drawn; ``require_matplotlib`` lets the callback fail at construction rather than after the first epoch.
+matplotlib is a core dependency (figures are part of the default output) but is imported lazily, only when a figure
+is drawn, so importing the package stays quick.
 
 Figures are built as ``matplotlib.figure.Figure`` objects directly, never through ``pyplot``: no backend is selected,
 no global figure registry is touched (an interactive user's backend and open windows are left alone, and a figure
@@ -27,11 +27,7 @@ from wsca_lightning.summary import decision_p
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
-__all__ = ["heatmap_figure", "history_figure", "require_matplotlib", "save_figure"]
-
-_INSTALL_HINT = (
-    "figures need matplotlib: pip install 'wsca-lightning[plots]' (or set callbacks.wsc.save_plots=false)"
-)
+__all__ = ["heatmap_figure", "history_figure", "save_figure"]
 
 #: Colour range of the heatmap unless some |cos| is larger: probe-space cosines rarely exceed it, and a fixed
 #: range keeps epochs and runs comparable by eye.
@@ -41,26 +37,19 @@ _LIMIT_STEP = 0.05
 
 
 def _matplotlib() -> ModuleType:
-    """Import matplotlib and the submodules used here, or raise the install hint.
+    """Import matplotlib and the submodules used here.
 
     Deliberately no ``matplotlib.use``: ``Figure`` objects need no backend, so whatever backend a user chose (an
     interactive one included) stays as it is.
     """
-    try:
-        import matplotlib
-        import matplotlib.colors
-        import matplotlib.figure
-        import matplotlib.lines
-        import matplotlib.ticker
-        import matplotlib.transforms
-    except ImportError as exc:
-        raise ImportError(_INSTALL_HINT) from exc
+    import matplotlib
+    import matplotlib.colors
+    import matplotlib.figure
+    import matplotlib.lines
+    import matplotlib.ticker
+    import matplotlib.transforms
+
     return matplotlib
-
-
-def require_matplotlib() -> None:
-    """Raise the install hint now if matplotlib is missing, so a run fails at start rather than after an epoch."""
-    _matplotlib()
 
 
 # --------------------------------------------------------------------------------------------------- heatmap

@@ -26,7 +26,7 @@ from wsca_lightning.summary import (
     SUMMARY_FILENAME,
     TABLE_FILENAME,
     analysis_entry,
-    write_json,
+    write_summary,
     write_table,
 )
 from wsca_lightning.wsc import AnalysisSettings, analyze_embeddings
@@ -177,7 +177,7 @@ def write_analysis(summary: Mapping[str, Any], directory: str | os.PathLike[str]
     """Write ``wsc_summary.json``, ``wsc_table.csv`` and (with ``plots``) ``wsc_heatmap.png``; returns their paths."""
     directory = os.fspath(directory)
     paths = {"summary": os.path.join(directory, SUMMARY_FILENAME), "table": os.path.join(directory, TABLE_FILENAME)}
-    write_json(dict(summary), paths["summary"])
+    write_summary(summary, paths["summary"])
     write_table(summary, paths["table"])
     if plots:
         from wsca_lightning.plots import heatmap_figure, save_figure

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from tqdm.auto import tqdm
 
 from wsca_lightning import plots
 from wsca_lightning.plain import csv_cell
@@ -39,7 +40,6 @@ from wsca_lightning.summary import decision_p
 
 __all__ = [
     "Condition",
-    "MissingDependencyError",
     "ReportError",
     "ReportResult",
     "RunRecord",
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 SUMMARY_PATH = Path("wsc") / "wsc_summary.json"
-INSTALL_HINT = "wsca-report draws figures with matplotlib: pip install 'wsca_lightning[plots]'"
 
 #: Override keys that say where or how a replicate ran, not which condition it belongs to.
 IGNORED_KEYS = frozenset({"seed", "ckpt_path", "hydra", "paths"})
@@ -86,10 +85,6 @@ figcaption { font-size: 0.9em; color: #444; max-width: 1000px; }
 
 class ReportError(Exception):
     """The report cannot be built: the directory is missing or holds no readable run."""
-
-
-class MissingDependencyError(ReportError):
-    """matplotlib (the ``plots`` extra) is not installed."""
 
 
 # --------------------------------------------------------------------------------------------------- records
@@ -1290,22 +1285,18 @@ def build_report(root: str | os.PathLike[str], out_dir: str | os.PathLike[str] |
                  alpha: float = 0.05) -> ReportResult:
     """Read every run under ``root`` and write the report to ``out_dir`` (default ``root/report``).
 
-    Raises :class:`ReportError` when ``root`` does not exist or holds no readable run, and
-    :class:`MissingDependencyError` when matplotlib is missing.
+    Raises :class:`ReportError` when ``root`` does not exist or holds no readable run.
     """
     root = Path(root)
     if not root.is_dir():
         raise ReportError(f"{root} does not exist or is not a directory (expected a wsca-train run directory, "
                           "a multirun directory, or a directory of those)")
     out = Path(out_dir) if out_dir is not None else root / "report"
-    try:
-        plots.require_matplotlib()
-    except ImportError as err:
-        raise MissingDependencyError(INSTALL_HINT) from err
-
     runs: list[RunRecord] = []
     skipped: list[SkippedRun] = []
-    for path in find_run_dirs(root, exclude=[out]):
+    # progress bars on a terminal only (disable=None): a sweep of hundreds of runs takes minutes to read and draw
+    for path in tqdm(find_run_dirs(root, exclude=[out]), desc="reading runs", unit="run",
+                     disable=None):
         record = load_run(path, root)
         (runs if isinstance(record, RunRecord) else skipped).append(record)
     if not runs:
@@ -1333,7 +1324,7 @@ def build_report(root: str | os.PathLike[str], out_dir: str | os.PathLike[str] |
     with matplotlib.rc_context(_rc()):
         figures = _collect_figures(conditions, factors, tasks, alpha, trend, trend_rows, notes)
         written: list[Path] = []
-        for figure in figures:
+        for figure in tqdm(figures, desc="drawing figures", unit="figure", disable=None):
             path = out / "figures" / f"{figure.name}.png"
             plots.save_figure(figure.fig, path)
             figure.fig = None  # free it now; the figures of a large sweep add up

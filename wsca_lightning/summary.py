@@ -150,6 +150,13 @@ def write_json(obj: Any, path: str) -> None:
     _atomic_write(path, json.dumps(obj, indent=2, allow_nan=False))
 
 
+def write_summary(summary: Mapping[str, Any], path: str) -> None:
+    """Atomic ``wsc_summary.json`` write, stamped with the version of wsca_lightning that wrote it."""
+    from wsca_lightning import __version__
+
+    write_json({**summary, "wsca_lightning_version": __version__}, path)
+
+
 def write_table(entry: Mapping[str, Any], path: str) -> None:
     """Atomic ``wsc_table.csv`` write (empty cells for missing values)."""
     buffer = io.StringIO()

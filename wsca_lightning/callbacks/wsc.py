@@ -17,7 +17,8 @@ At the end of every training epoch (never in the sanity check) it
    decision on every process;
 5. writes (global rank zero only) ``epoch_<NNNN>.npz`` matrices, ``heatmaps/epoch_<NNNN>.png`` and the latest
    ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (atomically, so a killed run keeps its last
-   computed epoch), and the heatmap to TensorBoard when that logger is on. At fit end it draws
+   computed epoch), and the heatmap to every logger that takes figures (:mod:`wsca_lightning.tracking`: TensorBoard,
+   MLflow, W&B), with the summary and table as files at fit end where the logger keeps files. At fit end it draws
    ``wsc_over_epochs.png``: each task's WSC with its null band beside the loss curves.
 
 Under DDP (any number of processes and nodes) each rank embeds a contiguous shard of the subset and the shards are
@@ -33,7 +34,12 @@ The history (and the alarm's counters) are plain Python saved in checkpoints, so
 without gaps or duplicates -- provided checkpoints are taken at the end of the training epoch
 (``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs); ``setup`` warns otherwise.
 
-Any LightningModule works if it implements :class:`wsca_lightning.interface.SupportsWSC`.
+Any LightningModule works: one that implements :class:`wsca_lightning.interface.SupportsWSC`, or any other, read by
+attribute paths (``head="model.fc"``, metadata from a table joined on sample ids or a callable on the batch:
+:mod:`wsca_lightning.attach`).
+
+The analysis runs at every ``every_n_epochs``-th epoch end and at the last one, which is the epoch that reaches
+``max_epochs`` or ``max_steps`` (``max_epochs=-1`` with ``max_steps``: epochs are still counted).
 """
 
 from __future__ import annotations
@@ -50,13 +56,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
+from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn
+from wsca_lightning.data.metadata_table import MetadataTable
 from wsca_lightning.interface import HeadWeights, SupportsWSC
 from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.summary import (
@@ -66,9 +73,10 @@ from wsca_lightning.summary import (
     analysis_entry,
     decision_p,
     history_tasks,
-    write_json,
+    write_summary,
     write_table,
 )
+from wsca_lightning.tracking import log_files, log_image
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
 
 PROTOCOLS: tuple[str, ...] = ("heads", "probe_refit")
@@ -135,6 +143,7 @@ class PendingAnalysis:
     primary: str
     tasks: list[str]
     heads: dict[str, HeadWeights]
+    task_classes: dict[str, list[str]]  # every analysed task's class names
     subset: EmbeddedSubset
     holdout: EmbeddedSubset | None
     metrics: dict[str, float]  # the epoch's losses and primary metrics, for the history
@@ -153,6 +162,7 @@ class PendingAnalysis:
         return {
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step, "primary": self.primary,
             "tasks": list(self.tasks), "metrics": dict(self.metrics), "embed_seconds": self.embed_seconds,
+            "task_classes": {name: list(names) for name, names in self.task_classes.items()},
             "heads": {name: {"weight": h.weight, "row_names": list(h.row_names)} for name, h in on_cpu.heads.items()},
             "subset": embedded(on_cpu.subset), "holdout": embedded(on_cpu.holdout),
         }
@@ -164,12 +174,15 @@ class PendingAnalysis:
 
         subset = embedded(state["subset"])
         assert subset is not None
+        heads = {name: HeadWeights(h["weight"], tuple(h["row_names"])) for name, h in state["heads"].items()}
         return cls(
             epoch=int(state["epoch"]), step=int(state["step"]), global_step=int(state["global_step"]),
             primary=str(state["primary"]), tasks=list(state["tasks"]), metrics=dict(state["metrics"]),
             embed_seconds=float(state["embed_seconds"]),
-            heads={name: HeadWeights(h["weight"], tuple(h["row_names"])) for name, h in state["heads"].items()},
-            subset=subset, holdout=embedded(state["holdout"]),
+            heads=heads, subset=subset, holdout=embedded(state["holdout"]),
+            # checkpoints of version 0.1 carry no class names: their tasks all had heads
+            task_classes={name: list(names) for name, names in state.get("task_classes", {}).items()}
+            or head_classes(heads, list(state["tasks"])),
         )
 
 
@@ -177,6 +190,15 @@ def _epoch_end_step(trainer: L.Trainer) -> int:
     """The step at which Lightning logs this epoch's epoch-end metrics (one below the count of stepped batches)."""
     stepped = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
     return max(0, int(stepped) - 1)
+
+
+def _is_last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the epoch ending now is the fit's last by ``max_epochs`` or ``max_steps`` (-1 / None: no limit). Other
+    ends (``max_time``, early stopping) are not known in advance; fit end waits for their analysis."""
+    by_epochs = trainer.max_epochs is not None and trainer.max_epochs >= 0 and \
+        trainer.current_epoch + 1 >= trainer.max_epochs
+    by_steps = trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+    return by_epochs or by_steps
 
 
 def _start_worker_thread(num_threads: int) -> None:
@@ -213,22 +235,36 @@ def embed_batches(
 
 
 def embed_dataset(
-    module: SupportsWSC,
+    module: Any,
     dataset: Dataset,
     indices: Sequence[int],
     *,
     batch_size: int,
     collate_fn: Any = None,
     to_device: Callable[[Any], Any] | None = None,
+    reader: SupportsWSC | None = None,
+    progress: str | None = None,
 ) -> EmbeddedSubset:
-    """Embeddings and labels of ``dataset[indices]`` through the module's ``wsc_embed`` / ``wsc_targets``
-    (:func:`embed_batches`). ``to_device`` moves a collated batch to the module's device (the trainer's strategy
-    does it inside the callback).
+    """Embeddings and labels of ``dataset[indices]`` through ``wsc_embed`` / ``wsc_targets`` of ``reader`` (default
+    the module itself; an :class:`~wsca_lightning.attach.AttributeView` of it for an unmodified module), with the
+    module in eval mode (:func:`embed_batches`). ``to_device`` moves a collated batch to the module's device (the
+    trainer's strategy does it inside the callback). ``progress``: a progress bar with this label on a terminal.
     """
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
-                        collate_fn=collate_fn)
-    batches = loader if to_device is None else (to_device(batch) for batch in loader)
-    return embed_batches(module, batches, module.wsc_embed, module.wsc_targets)  # type: ignore[arg-type]
+    reader = module if reader is None else reader
+    batches: Iterable[Any] = subset_batches(dataset, indices, batch_size=batch_size, collate_fn=collate_fn)
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, unit="batch", disable=None)  # silent when not a terminal
+    if to_device is not None:
+        batches = (to_device(batch) for batch in batches)
+    return embed_batches(module, batches, reader.wsc_embed, reader.wsc_targets)
+
+
+def subset_batches(dataset: Dataset, indices: Sequence[int], *, batch_size: int, collate_fn: Any = None) -> DataLoader:
+    """``dataset[indices]`` in order, in batches, in this process (no loader workers)."""
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
+                      collate_fn=collate_fn)
 
 
 def analysis_view(dataset: Dataset) -> Dataset:
@@ -239,6 +275,62 @@ def analysis_view(dataset: Dataset) -> Dataset:
     """
     view = getattr(dataset, "without_augmentation", None)
     return view() if callable(view) else dataset
+
+
+_TABLE_FIELDS = ("path", "id_column", "columns", "delimiter")
+
+
+def _attach_settings(
+    *, head: Any, embedding: Any, metadata: Any, metadata_heads: Any, input_key: Any, label_key: Any, id_key: Any,
+    class_names: Any,
+) -> tuple[MetadataTable | MetadataFn | None, list[str]]:
+    """The metadata source of a module read by attribute paths (a table is read now, so its problems come before
+    training), and every problem of those settings."""
+    problems = []
+    given = [key for key, value in (("embedding", embedding), ("metadata", metadata),
+                                    ("metadata_heads", metadata_heads), ("input_key", input_key),
+                                    ("label_key", label_key), ("id_key", id_key), ("class_names", class_names))
+             if value is not None]
+    if head is None:
+        if given:
+            problems.append(f"head: {', '.join(given)} read an unmodified module by attribute paths; set head to "
+                            "the primary head's path (e.g. 'model.fc'), or leave them unset for a module with the "
+                            "WSC interface")
+        return None, problems
+    for key, value in (("head", head), ("embedding", embedding)):
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(f"{key}: an attribute path such as 'model.fc', got {value!r}")
+    for key, value in (("input_key", input_key), ("label_key", label_key), ("id_key", id_key)):
+        if value is not None and not isinstance(value, str) and not is_int(value):
+            problems.append(f"{key}: a batch key (name) or position (integer), got {value!r}")
+    if metadata_heads is not None and (not isinstance(metadata_heads, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata_heads.items())):
+        problems.append(f"metadata_heads: a mapping {{task: attribute path}}, got {metadata_heads!r}")
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+        problems.append(f"class_names: a list of the primary head's class names, got {class_names!r}")
+    if metadata is None:
+        problems.append("metadata: give the metadata table (a CSV path, or {path, id_column, columns, delimiter}) "
+                        "or a callable on the batch returning {task: labels}")
+        return None, problems
+    if callable(metadata):
+        return metadata, problems
+    spec = {"path": metadata} if isinstance(metadata, (str, os.PathLike)) else metadata
+    if not isinstance(spec, Mapping) or "path" not in spec or any(k not in _TABLE_FIELDS for k in spec):
+        problems.append(f"metadata: a CSV path, a mapping with keys {', '.join(_TABLE_FIELDS)} (path required) or a "
+                        f"callable, got {metadata!r}")
+        return None, problems
+    id_column = spec.get("id_column") or (id_key if isinstance(id_key, str) else "id")
+    try:
+        table = MetadataTable(spec["path"], id_column, spec.get("columns"), spec.get("delimiter"))
+    except ValueError as err:  # ManifestError: one line per problem, naming the file
+        problems += [f"metadata: {line}" for line in str(err).splitlines()]
+        return None, problems
+    return table, problems
+
+
+def head_classes(heads: Mapping[str, HeadWeights], tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Class names of tasks read from their heads (a one-row binary head: ``["0", "1"]``)."""
+    return {t: list(heads[t].row_names) if heads[t].weight.shape[0] >= 2 else ["0", "1"] for t in tasks if t in heads}
 
 
 def _metric_value(value: Any) -> float | None:
@@ -272,6 +364,17 @@ class WeightSpaceCorrelation(Callback):
             default); training waits only for the embedding pass. See "Asynchronous analysis" below.
         analysis_threads: torch threads of that background thread (default: 1 when the module trains on the CPU,
             so the trainer keeps its cores, else the process's torch thread count).
+        head: read an unmodified module (no WSC interface) by attribute paths: the primary head's path, e.g.
+            ``"model.fc"`` (:class:`~wsca_lightning.attach.AttributeView`). The options below need it.
+        embedding: path of the module whose output is the embedding (default: the head's input).
+        metadata: the metadata of a module read by paths: a CSV path, ``{path, id_column, columns, delimiter}``
+            (:class:`~wsca_lightning.data.metadata_table.MetadataTable`: read now, so its problems come before
+            training) or a callable ``batch -> {task: integer labels}``.
+        metadata_heads: ``{task: path}`` of metadata heads the module has (for ``protocol="heads"``).
+        input_key, label_key, id_key: batch entries (dict keys or tuple positions) of the input, the primary labels
+            and the sample ids (default ``image``/0, ``label``/1, ``id``/2); a table's id column defaults to
+            ``id_key``.
+        class_names: the primary head's class names (default ``"0"``, ``"1"``...).
 
     Asynchronous analysis: the embedding pass runs at the epoch's end, as in the paper, with the heads copied; the
     analysis runs on the CPU in one background thread. Its values are logged against the epoch they belong to (that
@@ -315,6 +418,14 @@ class WeightSpaceCorrelation(Callback):
         save_plots: bool = True,
         async_analysis: bool = True,
         analysis_threads: int | None = None,
+        head: str | None = None,
+        embedding: str | None = None,
+        metadata: str | os.PathLike | Mapping[str, Any] | MetadataFn | None = None,
+        metadata_heads: Mapping[str, str] | None = None,
+        input_key: BatchKey | None = None,
+        label_key: BatchKey | None = None,
+        id_key: BatchKey | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         problems = []
         if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
@@ -355,12 +466,16 @@ class WeightSpaceCorrelation(Callback):
             outside = [t for t in self.alarm.tasks if t not in tasks]
             if outside:
                 problems.append(f"alarm.tasks: {outside} are not among tasks {list(tasks)}")
+        self._metadata, attach_problems = _attach_settings(
+            head=head, embedding=embedding, metadata=metadata, metadata_heads=metadata_heads, input_key=input_key,
+            label_key=label_key, id_key=id_key, class_names=class_names)
+        problems += attach_problems
+        if head is not None and protocol == "heads" and not metadata_heads and not attach_problems:
+            problems.append("protocol: 'heads' compares the module's metadata heads, and metadata_heads names none; "
+                            "set protocol: probe_refit (a probe per metadata task, refitted every epoch: the paper's "
+                            "probe protocol) or name the module's metadata heads in metadata_heads")
         if problems:
             raise ValueError("\n".join(problems))
-        if save_plots:
-            from wsca_lightning.plots import require_matplotlib
-
-            require_matplotlib()
         self.tasks = list(tasks) if tasks is not None else None
         self.protocol = protocol
         self.subset_size = subset_size
@@ -372,6 +487,10 @@ class WeightSpaceCorrelation(Callback):
         self.save_plots = save_plots
         self.async_analysis = async_analysis
         self.analysis_threads = analysis_threads
+        self.head, self.embedding, self.metadata_heads = head, embedding, dict(metadata_heads or {})
+        self.input_key, self.label_key, self.id_key = input_key, label_key, id_key
+        self.class_names = None if class_names is None else list(class_names)
+        self._view: AttributeView | None = None
         self.history: list[dict[str, Any]] = []
         self.alarm_counts: dict[str, int] = {t: 0 for t in self.alarm.tasks}
         self.alarm_epoch: int | None = None  # first epoch at which the alarm went off
@@ -389,37 +508,76 @@ class WeightSpaceCorrelation(Callback):
                                         var_threshold=self.settings.var_threshold)
 
     # --- checks --------------------------------------------------------------------------------------------------
+    def reader(self, pl_module: Any) -> SupportsWSC:
+        """What the callback reads the module through: the module itself (the WSC interface), or, when ``head`` is
+        set, an :class:`~wsca_lightning.attach.AttributeView` of it."""
+        if self.head is None:
+            return pl_module
+        if self._view is None or self._view.module is not pl_module:
+            self._view = AttributeView(
+                pl_module, head=self.head, embedding=self.embedding, metadata=self._metadata,
+                metadata_heads=self.metadata_heads, input_key=self.input_key, label_key=self.label_key,
+                id_key=self.id_key, class_names=self.class_names)
+        return self._view
+
+    def fit_metadata(self, pl_module: Any, batches: Iterable[Any]) -> None:
+        """Fit the label spaces of metadata that does not come from the module (a table's vocabularies and bins,
+        a callable's classes) on the analysed training subset's batches; nothing to do for the WSC interface."""
+        reader = self.reader(pl_module)
+        if isinstance(reader, AttributeView):
+            reader.fit(batches)
+
     def check_module(self, pl_module: Any) -> list[str]:
         """Validate the module against this callback's settings; returns the metadata tasks to analyse."""
-        if not isinstance(pl_module, SupportsWSC):
+        return self._tasks_and_classes(pl_module)[0]
+
+    def _tasks_and_classes(self, pl_module: Any) -> tuple[list[str], dict[str, list[str]]]:
+        """The metadata tasks to analyse and every task's class names (from its head, else from the metadata)."""
+        reader = self.reader(pl_module)
+        if not isinstance(reader, SupportsWSC):
             missing = [m for m in ("wsc_primary_task", "wsc_embed", "wsc_head_weights", "wsc_targets")
                        if not hasattr(pl_module, m)]
             raise TypeError(
                 f"{type(pl_module).__name__} does not implement the WSC interface (missing: {', '.join(missing)}); "
-                "see wsca_lightning.interface"
+                "name its head by attribute path instead (WeightSpaceCorrelation(head='model.fc', metadata=...)), "
+                "or see wsca_lightning.interface"
             )
-        heads = pl_module.wsc_head_weights()
-        primary = pl_module.wsc_primary_task
+        heads = reader.wsc_head_weights()
+        primary = reader.wsc_primary_task
         if primary not in heads:
             raise ValueError(f"wsc_primary_task {primary!r} is not among the module's heads {sorted(heads)}")
-        available = [name for name in heads if name != primary]
+        classes = head_classes(heads, [name for name in heads if name != primary])
+        task_classes = getattr(reader, "wsc_task_classes", None)  # classes of tasks without a head (optional)
+        if isinstance(reader, AttributeView) and not reader.fitted:
+            if isinstance(reader.metadata, MetadataTable):
+                classes.update({t: [] for t in reader.metadata.tasks if t not in heads})  # classes after the fit
+        elif callable(task_classes):
+            classes.update({t: list(c) for t, c in task_classes().items() if t not in heads})
+        available = [name for name in classes if name != primary]
         chosen = available if self.tasks is None else list(self.tasks)
+        if isinstance(reader, AttributeView) and not available and not reader.metadata_head_paths:
+            return chosen, classes  # a metadata callable's tasks are known once it has seen the training subset
+        what = "metadata task(s)" if isinstance(reader, AttributeView) else "metadata head(s)"
         for key, names in (("tasks", chosen), ("alarm.tasks", self.alarm.tasks)):
             unknown = [t for t in names if t not in available]
             if unknown:
                 raise ValueError(
-                    f"{key}: unknown metadata head(s) {unknown}; the module's metadata heads are {available}"
+                    f"{key}: unknown {what} {unknown}; the module's {what} are {available}"
                     + (f" ({primary!r} is the primary head)" if primary in unknown else "")
                 )
         if not chosen:
             raise ValueError(f"the module has no metadata head besides the primary {primary!r}: nothing to analyse")
-        return chosen
+        without_head = [t for t in chosen if t not in heads]
+        if self.protocol == "heads" and without_head:
+            raise ValueError(f"protocol: 'heads' compares metadata heads, and {without_head} have none; set "
+                             "protocol: probe_refit, or name their heads in metadata_heads")
+        return chosen, {t: classes[t] for t in chosen}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.check_module(pl_module)
-        protocol = getattr(pl_module, "wsc_protocol", None)
+        protocol = getattr(self.reader(pl_module), "wsc_protocol", None)
         self._module_protocol = None if protocol is None else str(protocol)
         self._resolved_dir = self.output_dir(trainer)
         for cb in trainer.checkpoint_callbacks:
@@ -437,14 +595,16 @@ class WeightSpaceCorrelation(Callback):
         if loader is None:
             return
         dataset = analysis_view(loader.dataset)
-        subset = DataLoader(Subset(dataset, self.subset_indices(len(dataset))), batch_size=self.batch_size,
-                            shuffle=False, num_workers=0, collate_fn=loader.collate_fn)
+        subset = subset_batches(dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
+                                collate_fn=loader.collate_fn)
+        self.fit_metadata(pl_module, subset)
+        reader = self.reader(pl_module)
         labels: dict[str, list[Tensor]] = {}
         for batch in subset:
-            for name, values in pl_module.wsc_targets(batch).items():
+            for name, values in reader.wsc_targets(batch).items():
                 labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64).cpu())
         self.check_labels({name: torch.cat(parts) for name, parts in labels.items()}, self.check_module(pl_module),
-                          primary=pl_module.wsc_primary_task)
+                          primary=reader.wsc_primary_task)
 
     def check_labels(self, targets: Mapping[str, Tensor], tasks: Sequence[str], primary: str | None = None) -> None:
         """Every task (and the primary) must have labels, and every metadata task at least 2 classes in the fit part
@@ -498,8 +658,10 @@ class WeightSpaceCorrelation(Callback):
         ``holdout``: embeddings and labels of data the backbone did not train on (the validation data), where the
         encodability gate measures each probe; without it the gate uses the subset's held-out part.
         """
-        tasks = self.check_module(pl_module)
-        return self.analyze_heads(pl_module.wsc_head_weights(), pl_module.wsc_primary_task, tasks, subset, holdout)
+        tasks, classes = self._tasks_and_classes(pl_module)
+        reader = self.reader(pl_module)
+        return self.analyze_heads(reader.wsc_head_weights(), reader.wsc_primary_task, tasks, subset, holdout,
+                                  task_classes=classes)
 
     def analyze_heads(
         self,
@@ -508,13 +670,17 @@ class WeightSpaceCorrelation(Callback):
         tasks: Sequence[str],
         subset: EmbeddedSubset,
         holdout: EmbeddedSubset | None = None,
+        task_classes: Mapping[str, Sequence[str]] | None = None,
     ) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """:meth:`analyze` on given head weights (e.g. copied at an epoch's end) instead of a module's."""
+        """:meth:`analyze` on given head weights (e.g. copied at an epoch's end) instead of a module's.
+
+        ``task_classes``: class names of every task (needed for tasks without a head; default from the heads).
+        """
         missing = [t for t in [primary, *tasks] if t not in subset.targets]
         if missing:
             raise ValueError(f"wsc_targets(batch) returned no labels for {missing}; it gave {sorted(subset.targets)}")
-        num_classes = {t: max(2, heads[t].weight.shape[0]) for t in tasks}
-        cols = {t: list(heads[t].row_names) if heads[t].weight.shape[0] >= 2 else ["0", "1"] for t in tasks}
+        cols = {**head_classes(heads, tasks), **{t: list(c) for t, c in (task_classes or {}).items()}}
+        num_classes = {t: len(cols[t]) for t in tasks}
         analysis = analyze_embeddings(
             subset.embeddings,
             heads[primary].weight,
@@ -545,21 +711,29 @@ class WeightSpaceCorrelation(Callback):
         holdout_dataset: Dataset | None = None,
         collate_fn: Any = None,
         to_device: Any = None,
+        progress: bool = False,
     ) -> tuple[WSCAnalysis, dict[str, Any]]:
         """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc).
 
         ``holdout_dataset``: data the backbone did not train on (e.g. the validation split), where the encodability
         gate is measured (:meth:`holdout_indices` of it); without it the gate uses the subset's held-out part.
+        ``progress``: progress bars for the embedding passes (on a terminal).
         """
         self.check_module(pl_module)
         dataset = analysis_view(dataset)
-        subset = embed_dataset(pl_module, dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
-                               collate_fn=collate_fn, to_device=to_device)
+        indices = self.subset_indices(len(dataset))
+        self.fit_metadata(pl_module, subset_batches(dataset, indices, batch_size=self.batch_size,
+                                                    collate_fn=collate_fn))
+        reader = self.reader(pl_module)
+        subset = embed_dataset(pl_module, dataset, indices, batch_size=self.batch_size, collate_fn=collate_fn,
+                               to_device=to_device, reader=reader,
+                               progress="embedding the training subset" if progress else None)
         holdout = None
         if holdout_dataset is not None:
             holdout_dataset = analysis_view(holdout_dataset)
             holdout = embed_dataset(pl_module, holdout_dataset, self.holdout_indices(len(holdout_dataset)),
-                                    batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device)
+                                    batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device,
+                                    reader=reader, progress="embedding the holdout" if progress else None)
         return self.analyze(pl_module, subset, holdout)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -568,7 +742,7 @@ class WeightSpaceCorrelation(Callback):
         # the previous computed epoch's result first (waiting for it if needed), so results arrive in epoch order
         self._collect(trainer, pl_module)
         epoch = trainer.current_epoch
-        is_last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        is_last = _is_last_epoch(trainer)
         if (epoch + 1) % self.every_n_epochs != 0 and not is_last:
             return
         start = time.perf_counter()
@@ -596,15 +770,18 @@ class WeightSpaceCorrelation(Callback):
                 "held-out part of the training subset, which a backbone that memorised a column through its head "
                 "passes. Give the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
             )
-        primary = pl_module.wsc_primary_task
+        reader = self.reader(pl_module)
+        primary = reader.wsc_primary_task
+        tasks, classes = self._tasks_and_classes(pl_module)
         pending = PendingAnalysis(
             epoch=epoch,
             step=_epoch_end_step(trainer),
             global_step=trainer.global_step,
             primary=primary,
-            tasks=self.check_module(pl_module),
+            tasks=tasks,
+            task_classes=classes,
             heads={name: HeadWeights(h.weight.detach().clone(), tuple(h.row_names))
-                   for name, h in pl_module.wsc_head_weights().items()},
+                   for name, h in reader.wsc_head_weights().items()},
             subset=subset,
             holdout=holdout,
             metrics=self._epoch_metrics(trainer, primary),
@@ -693,7 +870,8 @@ class WeightSpaceCorrelation(Callback):
     def _run_analysis(self, pending: PendingAnalysis) -> tuple[dict[str, Any], dict[str, float]]:
         """The analysis and the epoch's files (global rank zero): the summary entry and how long each took."""
         start = time.perf_counter()
-        entry = self.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset, pending.holdout)[1]
+        entry = self.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset, pending.holdout,
+                                   task_classes=pending.task_classes)[1]
         entry = {"epoch": pending.epoch, "global_step": pending.global_step, **entry}
         analysed = time.perf_counter()
         self._write_epoch_files(entry, pending.primary)
@@ -714,8 +892,11 @@ class WeightSpaceCorrelation(Callback):
                     logger.log_metrics({**logged, "epoch": epoch}, step=pending.step)
             # monitors (EarlyStopping, ModelCheckpoint, the progress bar) read the latest values from here
             trainer.callback_metrics.update({key: torch.tensor(value) for key, value in logged.items()})
+        if self.alarm.tasks:  # the watched tasks' verdict p on Lightning's progress bar (TQDM and rich read it here)
+            trainer.progress_bar_metrics.update({key: logged[key] for t in self.alarm.tasks
+                                                 if (key := f"wsc/{t}/test_p") in logged})
         if trainer.is_global_zero and self.save_plots:
-            self._log_heatmap(trainer, epoch)
+            self._log_heatmap(trainer, epoch, pending.step)
         fired = self._update_alarm(entry, epoch)
         parts = {"embed": pending.embed_seconds, **timing}
         # what training waited for: the embedding pass, and the analysis itself when it ran inline
@@ -774,6 +955,7 @@ class WeightSpaceCorrelation(Callback):
             lambda: embed_dataset(
                 pl_module, dataset, shard, batch_size=self.batch_size, collate_fn=collate_fn,
                 to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
+                reader=self.reader(pl_module),
             ),
             "the embedding pass",
         )
@@ -863,16 +1045,11 @@ class WeightSpaceCorrelation(Callback):
         shutil.copyfile(epoch_png, latest + ".partial")
         os.replace(latest + ".partial", latest)
 
-    def _log_heatmap(self, trainer: L.Trainer, epoch: int) -> None:
-        """The epoch's heatmap (as written) to TensorBoard, at that epoch's step."""
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
-            return
-        from matplotlib.image import imread
-
-        image = imread(os.path.join(self._directory, "heatmaps", f"epoch_{epoch:04d}.png"))[..., :3]  # RGB
-        for logger in loggers:
-            logger.experiment.add_image("wsc/heatmap", image, global_step=epoch, dataformats="HWC")
+    def _log_heatmap(self, trainer: L.Trainer, epoch: int, step: int) -> None:
+        """The epoch's heatmap (as written) to every logger that takes figures (:mod:`wsca_lightning.tracking`), at
+        the step of that epoch's scalars."""
+        log_image(trainer.loggers, "wsc/heatmap", os.path.join(self._directory, "heatmaps", f"epoch_{epoch:04d}.png"),
+                  epoch=epoch, step=step, artifact_dir="wsc/heatmaps")
 
     def output_dir(self, trainer: L.Trainer) -> str:
         """Where this callback writes for ``trainer``: ``dirpath``, or ``<trainer.default_root_dir>/wsc``."""
@@ -903,19 +1080,25 @@ class WeightSpaceCorrelation(Callback):
 
     def _write_fit_end_files(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write_summary(trainer, pl_module)
-        if self.save_plots and self.history and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if self.save_plots and self.history:
             from wsca_lightning.plots import history_figure, save_figure
 
-            fig = history_figure(self.history, pl_module.wsc_primary_task, alpha=self.alarm.alpha)
-            save_figure(fig, os.path.join(self._directory, OVER_EPOCHS_FILENAME))
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure("wsc/over_epochs", fig, global_step=self.history[-1]["epoch"])
+            fig = history_figure(self.history, self.reader(pl_module).wsc_primary_task, alpha=self.alarm.alpha)
+            over_epochs = os.path.join(self._directory, OVER_EPOCHS_FILENAME)
+            save_figure(fig, over_epochs)
+            log_image(trainer.loggers, "wsc/over_epochs", over_epochs, epoch=self.history[-1]["epoch"],
+                      step=_epoch_end_step(trainer), artifact_dir="wsc")
+        if self.last_entry is not None:
+            # the table is the last computed epoch's; a run resumed into another directory may not have written it
+            files = [self.summary_path, os.path.join(self._directory, TABLE_FILENAME)]
+            log_files(trainer.loggers, [path for path in files if os.path.exists(path)], artifact_dir="wsc")
 
     def _write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_entry is None or not trainer.is_global_zero:
             return
-        write_json(self.summary(pl_module.wsc_primary_task), self.summary_path)
+        write_summary(self.summary(self.reader(pl_module).wsc_primary_task), self.summary_path)
 
     @property
     def summary_path(self) -> str:

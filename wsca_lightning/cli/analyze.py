@@ -67,7 +67,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     # the encodability gate needs data the backbone did not train on: the validation split (for split=val, the
     # subset's own held-out part already is)
     holdout = datamodule.val_dataset if cfg.split == "train" else None
-    _, entry = callback.evaluate(module, dataset, holdout_dataset=holdout)
+    _, entry = callback.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
     summary = {
         "primary": module.wsc_primary_task,
         "protocol": "probe_refit" if callback.protocol == "probe_refit" else module.wsc_protocol,

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from wsca_lightning.report import MissingDependencyError, ReportError, build_report, format_result
+from wsca_lightning.report import ReportError, build_report, format_result
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,14 +30,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status 0 when at least one run was read; 2 for a missing directory or one without readable runs;
-    1 when matplotlib is missing."""
+    """Exit status 0 when at least one run was read; 2 for a missing directory or one without readable runs."""
     args = parse_args(argv)
     try:
         result = build_report(args.dir, args.out, alpha=args.alpha)
     except ReportError as err:
         print(f"wsca-report: error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, MissingDependencyError) else 2
+        return 2
     print(format_result(result))
     return 0
 

@@ -2,8 +2,10 @@
 image content.
 
 Source: the 70,000 real 28 x 28 grayscale clothing images of Fashion-MNIST (Xiao et al. 2017) as four IDX files,
-``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, e.g. from Debian's ``dataset-fashion-mnist`` package
-(:data:`DEFAULT_ROOT`). Nothing is downloaded and nothing is ever written under the root.
+``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, directly in the root (as Debian's ``dataset-fashion-mnist``
+package installs them in :data:`DEFAULT_ROOT`) or in ``<root>/FashionMNIST/raw/`` (as torchvision's
+``FashionMNIST(root, download=True)`` writes them); see :data:`FASHION_LAYOUTS`. Nothing is downloaded and nothing
+is ever written under the root.
 
 Columns (:data:`FASHION_COLUMNS`) and how each one reaches the pixels:
 
@@ -86,6 +88,7 @@ __all__ = [
     "FASHION_CLASSES",
     "FASHION_COLUMNS",
     "FASHION_FILES",
+    "FASHION_LAYOUTS",
     "FashionUltrasoundDataModule",
     "FashionUltrasoundDataset",
     "OBJECT_SIZE_MM",
@@ -93,6 +96,7 @@ __all__ = [
     "check_fashion_options",
     "check_fashion_root",
     "fashion_column_classes",
+    "fashion_folder",
     "read_idx",
     "render_garments",
     "sample_fashion_metadata",
@@ -110,6 +114,12 @@ FASHION_FILES: dict[str, tuple[str, str]] = {
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 FASHION_SPLITS: tuple[str, ...] = tuple(FASHION_FILES)
+#: Where the four files are looked for, in this order: folder relative to the root -> whose layout it is. A root that
+#: already is the ``raw`` folder (or any folder of the four files) matches the first.
+FASHION_LAYOUTS: dict[str, str] = {
+    "": "Debian's dataset-fashion-mnist layout",
+    os.path.join("FashionMNIST", "raw"): "torchvision's FashionMNIST(root, download=True) layout",
+}
 FASHION_COLUMNS: dict[str, str] = {
     "garment": "categorical",
     "scanner": "categorical",
@@ -137,7 +147,8 @@ _OPACITY_GAIN = 4.0  # opacity = min(1, 4 g): faint garment pixels blend into th
 
 _INSTALL_HINT = (
     "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or point data.root at a "
-    "folder with the four Fashion-MNIST IDX files"
+    "folder with the four Fashion-MNIST IDX files, or at the root given to torchvision's FashionMNIST(root, "
+    "download=True)"
 )
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -183,30 +194,60 @@ def read_idx(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 
-def _find(root: str, name: str) -> str | None:
-    """``root/name``, or its uncompressed twin without ``.gz``; None if neither is a file."""
+def _find(folder: str, name: str) -> str | None:
+    """``folder/name``, or its uncompressed twin without ``.gz``; None if neither is a file."""
     for candidate in (name, name.removesuffix(".gz")):
-        path = os.path.join(root, candidate)
+        path = os.path.join(folder, candidate)
         if os.path.isfile(path):
             return path
     return None
 
 
+def _missing(folder: str) -> list[str]:
+    """The names (without ``.gz``) of the four IDX files that ``folder`` lacks in either form."""
+    return [name.removesuffix(".gz") for pair in FASHION_FILES.values() for name in pair
+            if _find(folder, name) is None]
+
+
+def fashion_folder(root: str) -> str | None:
+    """The first folder of :data:`FASHION_LAYOUTS` under ``root`` holding all four IDX files (all four are read
+    from that one folder, never mixed across layouts), or ``None``."""
+    for relative in FASHION_LAYOUTS:
+        folder = os.path.join(root, relative) if relative else root
+        if not _missing(folder):
+            return folder
+    return None
+
+
 def check_fashion_root(root: object) -> list[str]:
-    """Problems with ``root`` (``"root: ..."`` lines): not a string, or the first of the four files it lacks."""
+    """Problems with ``root`` (``"root: ..."`` lines): not a string, or no layout of :data:`FASHION_LAYOUTS` holds
+    all four files; the line names every folder looked in and what it lacks, so a wrong root is found at once."""
     if not isinstance(root, str) or not root:
         return [f"root: must be the folder holding the Fashion-MNIST IDX files, got {root!r}"]
-    for images, labels in FASHION_FILES.values():
-        for name in (images, labels):
-            if _find(root, name) is None:
-                return [f"root: {root} has no {name}; {_INSTALL_HINT}"]
-    return []
+    if fashion_folder(root) is not None:
+        return []
+    looked = []
+    for relative, layout in FASHION_LAYOUTS.items():
+        folder = os.path.join(root, relative) if relative else root
+        state = ("no such folder" if not os.path.isdir(folder)
+                 else "lacks " + ", ".join(f"{name}[.gz]" for name in _missing(folder)))
+        looked.append(f"{folder} ({layout}): {state}")
+    return [f"root: {root} holds no complete set of the four Fashion-MNIST IDX files; looked in "
+            + "; ".join(looked) + f"; {_INSTALL_HINT}"]
+
+
+def _split_file(root: str, split: str, kind: int) -> str:
+    """The path of ``FASHION_FILES[split][kind]`` in the root's layout; ``ValueError`` as :func:`check_fashion_root`
+    when there is none."""
+    folder = fashion_folder(root)
+    path = None if folder is None else _find(folder, FASHION_FILES[split][kind])
+    if path is None:
+        raise ValueError(check_fashion_root(root)[0])
+    return path
 
 
 def _read_labels(root: str, split: str) -> Tensor:
-    path = _find(root, FASHION_FILES[split][1])
-    if path is None:
-        raise ValueError(f"root: {root} has no {FASHION_FILES[split][1]}; {_INSTALL_HINT}")
+    path = _split_file(root, split, 1)
     labels = read_idx(path)
     if labels.ndim != 1 or labels.dtype != torch.uint8 or (labels.numel() and int(labels.max()) >= 10):
         raise ValueError(f"{path}: expected a 1-d uint8 IDX file of labels 0..9, got {labels.dtype} "
@@ -215,9 +256,7 @@ def _read_labels(root: str, split: str) -> Tensor:
 
 
 def _read_images(root: str, split: str, num_labels: int) -> Tensor:
-    path = _find(root, FASHION_FILES[split][0])
-    if path is None:
-        raise ValueError(f"root: {root} has no {FASHION_FILES[split][0]}; {_INSTALL_HINT}")
+    path = _split_file(root, split, 0)
     images = read_idx(path)
     if images.ndim != 3 or images.dtype != torch.uint8:
         raise ValueError(f"{path}: expected a 3-d uint8 IDX file of images, got {images.dtype} {tuple(images.shape)}")
@@ -487,7 +526,8 @@ class FashionUltrasoundDataModule(TaskDataModule):
     and metadata heads (the synthetic datamodule's head schema, over :data:`FASHION_COLUMNS`).
 
     Args:
-        root: folder with the four IDX files (read only).
+        root: folder with the four IDX files, or torchvision's root with them in ``FashionMNIST/raw/`` (read only;
+            :data:`FASHION_LAYOUTS`).
         classes: the garment classes of the primary task (official names, :data:`FASHION_CLASSES`).
         num_train: the training pool (images of ``classes`` from ``train-*``); num_val: from ``t10k-*``.
         image_size, shortcut_strength, num_scanners, num_hospitals, normalization, seed: as for the synthetic data.

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from wsca_lightning.data.splits import SPLIT_NAMES, groups_in_several_parts, split_name
 from wsca_lightning.plain import is_int
@@ -460,7 +461,10 @@ def validate_manifest(
             repeated: list[str] = []
             repeated_lines: list[int] = []
             examples: dict[str, str] = {}
-            for ln, cell in zip(lines, table.column(image_column)):
+            # decoding every image is the slow part of opening a large manifest: a progress bar on a terminal
+            cells = tqdm(zip(lines, table.column(image_column)), desc="checking images", total=len(lines),
+                         unit="image", disable=None if check_images else True)
+            for ln, cell in cells:
                 if not cell:
                     empty.append(ln)
                     continue

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from wsca_lightning.data.base import TaskDataModule, labelled_item
 from wsca_lightning.data.manifest import (
@@ -760,7 +761,11 @@ def _channel_problems(table: ManifestTable, root: str, image_column: str, image_
         examples.setdefault(kind, example)
 
     has_images = image_column in known and "{}" in image_pattern
-    for row, ln, cell in zip(table.rows, lines, table.column(col)):
+    # with check_images every row's maps are decoded before training: minutes for a large manifest, so a bar on a
+    # terminal (disable=None: silent in logs)
+    rows = tqdm(zip(table.rows, lines, table.column(col)), desc="checking segmentation maps", total=len(lines),
+                unit="row", disable=None if check_images else True)
+    for row, ln, cell in rows:
         if not cell:
             note("missing", ln, "")
             continue
