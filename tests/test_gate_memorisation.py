@@ -14,7 +14,7 @@ from wsca_lightning.cli.train import train
 MEMORISE = [
     "data.num_train=96",
     "data.num_val=160",
-    "data.image_size=[32,48]",
+    "data.image_size=[16,32]",
     "data.batch_size=16",
     "data.metadata.spacing=null",
     "data.metadata.cervical_length=null",

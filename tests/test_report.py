@@ -30,6 +30,7 @@ TINY = [
     "trainer.max_epochs=1",
     "callbacks.wsc.subset_size=128",
     "callbacks.wsc.num_permutations=20",
+    "callbacks.wsc.num_bootstrap=50",
     "trainer.enable_progress_bar=false",
 ]
 
