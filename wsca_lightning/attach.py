@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wsca_lightning.data.metadata_table import MetadataTable
+from wsca_lightning.data.metadata_table import MetadataTable, sample_ids
 from wsca_lightning.interface import HeadWeights
 
 __all__ = ["AttributeView", "BatchKey", "MetadataFn", "batch_entry"]
@@ -134,15 +134,15 @@ class AttributeView:
             except ValueError as err:
                 problems.append(str(err))
         if not problems:
-            rows = self._weight("head", self.head_path).shape[0]
+            rows, d = self._weight("head", self.head_path).shape
             if self.class_names is not None and len(self.class_names) != rows:
                 problems.append(f"class_names: {len(self.class_names)} names for the {rows} rows of head "
                                 f"{self.head_path!r}")
-            d = self._weight("head", self.head_path).shape[1]
             for task, path in self.metadata_head_paths.items():
-                if self._weight(task, path).shape[1] != d:
-                    problems.append(f"metadata_heads.{task}: {path!r} takes {self._weight(task, path).shape[1]} "
-                                    f"inputs, the primary head {d}; both must read the same embedding")
+                inputs = self._weight(task, path).shape[1]
+                if inputs != d:
+                    problems.append(f"metadata_heads.{task}: {path!r} takes {inputs} inputs, the primary head {d}; "
+                                    "both must read the same embedding")
         if self.metadata is None:
             problems.append("metadata: give a metadata table (CSV path) or a callable on the batch")
         elif isinstance(self.metadata, MetadataTable):
@@ -157,8 +157,7 @@ class AttributeView:
         """Fit the metadata label spaces on the analysed training samples' batches (the table's vocabularies and
         bins, or a callable's class counts)."""
         if isinstance(self.metadata, MetadataTable):
-            ids = [i for batch in batches for i in _ids(batch_entry(batch, self.id_key, "id"))]
-            self.metadata.fit(ids)
+            self.metadata.fit([i for batch in batches for i in sample_ids(batch_entry(batch, self.id_key, "id"))])
         else:
             # a task with a head has the head's classes; otherwise as many as the largest label says
             counts = {task: self._weight(task, path).shape[0] for task, path in self.metadata_head_paths.items()}
@@ -234,7 +233,7 @@ class AttributeView:
         labels = torch.as_tensor(batch_entry(batch, self.label_key, "label")).reshape(-1).to(torch.int64)
         out = {self.wsc_primary_task: labels}
         if isinstance(self.metadata, MetadataTable):
-            out.update(self.metadata.labels(_ids(batch_entry(batch, self.id_key, "id"))))
+            out.update(self.metadata.labels(batch_entry(batch, self.id_key, "id")))
         else:
             for task, values in self._call_metadata(batch).items():
                 known = self._callable_classes.get(task)
@@ -250,8 +249,3 @@ def _has_submodule(module: nn.Module, path: str) -> bool:
         return False
     return True
 
-
-def _ids(values: Any) -> list[Any]:
-    if isinstance(values, Tensor):
-        return values.reshape(-1).tolist()
-    return list(values)

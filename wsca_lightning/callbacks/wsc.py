@@ -277,9 +277,6 @@ def analysis_view(dataset: Dataset) -> Dataset:
     return view() if callable(view) else dataset
 
 
-_TABLE_FIELDS = ("path", "id_column", "columns", "delimiter")
-
-
 def _attach_settings(
     *, head: Any, embedding: Any, metadata: Any, metadata_heads: Any, input_key: Any, label_key: Any, id_key: Any,
     class_names: Any,
@@ -314,15 +311,9 @@ def _attach_settings(
         return None, problems
     if callable(metadata):
         return metadata, problems
-    spec = {"path": metadata} if isinstance(metadata, (str, os.PathLike)) else metadata
-    if not isinstance(spec, Mapping) or "path" not in spec or any(k not in _TABLE_FIELDS for k in spec):
-        problems.append(f"metadata: a CSV path, a mapping with keys {', '.join(_TABLE_FIELDS)} (path required) or a "
-                        f"callable, got {metadata!r}")
-        return None, problems
-    id_column = spec.get("id_column") or (id_key if isinstance(id_key, str) else "id")
     try:
-        table = MetadataTable(spec["path"], id_column, spec.get("columns"), spec.get("delimiter"))
-    except ValueError as err:  # ManifestError: one line per problem, naming the file
+        table = MetadataTable.from_spec(metadata, default_id_column=id_key if isinstance(id_key, str) else "id")
+    except ValueError as err:  # ManifestError included: one line per problem, naming the file
         problems += [f"metadata: {line}" for line in str(err).splitlines()]
         return None, problems
     return table, problems

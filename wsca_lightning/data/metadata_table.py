@@ -30,10 +30,12 @@ from wsca_lightning.data.manifest import (
 )
 from wsca_lightning.tasks import TaskSpec
 
-__all__ = ["MAX_INFERRED_CATEGORIES", "MetadataTable", "sample_ids"]
+__all__ = ["MAX_INFERRED_CATEGORIES", "MetadataTable", "TABLE_FIELDS", "sample_ids"]
 
 #: A numeric column with more distinct values than this is inferred continuous (binned), else categorical.
 MAX_INFERRED_CATEGORIES = 10
+#: The keys of a table given as a mapping (:meth:`MetadataTable.from_spec`).
+TABLE_FIELDS: tuple[str, ...] = ("path", "id_column", "columns", "delimiter")
 _SHOWN = 5
 
 
@@ -123,6 +125,17 @@ class MetadataTable:
         self._row = {value: i for i, value in enumerate(ids) if value}
         self._labels: dict[str, list[int]] = {}
         self.task_specs: dict[str, TaskSpec] = {}
+
+    @classmethod
+    def from_spec(cls, spec: str | os.PathLike | Mapping[str, Any], default_id_column: str) -> "MetadataTable":
+        """A table from a config value: a path, or a mapping of :data:`TABLE_FIELDS` (``path`` required;
+        ``id_column`` defaults to ``default_id_column``). Raises ``ValueError`` for any other value."""
+        fields = {"path": spec} if isinstance(spec, (str, os.PathLike)) else spec
+        if not isinstance(fields, Mapping) or "path" not in fields or any(k not in TABLE_FIELDS for k in fields):
+            raise ValueError(f"a CSV path, a mapping with keys {', '.join(TABLE_FIELDS)} (path required) or a "
+                             f"callable, got {spec!r}")
+        return cls(fields["path"], fields.get("id_column") or default_id_column, fields.get("columns"),
+                   fields.get("delimiter"))
 
     @property
     def tasks(self) -> list[str]:
