@@ -157,6 +157,36 @@ def test_epoch_metrics_are_macro_auroc_and_balanced_accuracy_over_the_whole_epoc
     assert values["val/scanner/auroc"].item() == pytest.approx((1 / 6 + 1 / 3) / 2)
 
 
+def test_every_head_is_logged_once_per_epoch_with_batch_weighted_losses_and_fresh_metrics():
+    """Metadata heads are accumulated per step and logged at the epoch end; the values must equal what per-step
+    logging gave: the batch-size-weighted mean loss and whole-epoch metrics, reset between epochs."""
+    import lightning as L
+
+    from wsca_lightning.metrics import MacroAUROC
+
+    module = make_module()
+    batches = [batch(6), batch(4, missing={"scanner": [0, 1]})]
+    batches[1]["image"] = batches[1]["image"] + 1.0  # two different batches
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the two batches as they are
+    first = trainer.validate(module, loader, verbose=False)[0]
+    second = trainer.validate(module, loader, verbose=False)[0]
+    assert first.keys() == second.keys() and all(first[k] == pytest.approx(second[k]) for k in first)
+
+    module.eval()
+    with torch.no_grad():
+        logits = [module(b["image"]) for b in batches]
+    for task in ("risk", "scanner", "smoker"):
+        losses = [masked_task_loss(out[task], b["targets"][task]).item() for out, b in zip(logits, batches)]
+        assert first[f"val/{task}/loss"] == pytest.approx((6 * losses[0] + 4 * losses[1]) / 10, rel=1e-5)
+    auroc = MacroAUROC(3, ignore_index=-1)
+    for out, b in zip(logits, batches):
+        auroc.update(out["scanner"].softmax(dim=1), b["targets"]["scanner"])
+    assert first["val/scanner/auroc"] == pytest.approx(auroc.compute().item(), rel=1e-5)
+    assert {"val/loss", "val/spacing/balanced_accuracy", "val/smoker/auroc"} <= first.keys()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
