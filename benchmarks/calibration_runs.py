@@ -106,8 +106,9 @@ def train_run(data: str, strength: float, head_mode: str, seed: int, workdir: Pa
         return torch.load(path, weights_only=False)
     metadata = SYNTHETIC_METADATA if data == "synthetic" else FASHION_METADATA
     out = workdir / name
+    # overwrite: a run interrupted before its artifact was saved left a partial directory; this run replaces it
     cfg = compose_train_config(out, [*metadata, *RUN_OVERRIDES, f"seed={seed}", f"data.shortcut_strength={strength}",
-                                     f"model.head_mode={head_mode}"])
+                                     f"model.head_mode={head_mode}", "overwrite=true"])
     capture = Capture(seed)
     start = time.perf_counter()
     result = train(cfg, extra_callbacks=[capture])

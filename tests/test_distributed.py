@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
+import torch
 
 from conftest import TINY
 
@@ -152,10 +155,44 @@ def ddp_spawn_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
     sweep gets its own directory is tested without DDP, test_train_app.py; here: none per rank.)"""
     base = tmp_path_factory.mktemp("ddp_spawn")
     sweep = base / "sweep"
+    # without OMP_NUM_THREADS (it would decide the ranks' threads), on 2 cores where taskset exists; every rank
+    # records its threads (RecordThreads, imported by the spawned ranks from this file)
+    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+    pin = ["taskset", "-c", ",".join(map(str, cpus))] if len(cpus) == 2 and shutil.which("taskset") else []
     code, output, _ = run_isolated(
-        [str(WSCA_TRAIN), "-m", "trainer=ddp_spawn", "seed=0", f"hydra.sweep.dir={sweep}", *ONE_EPOCH], base)
+        ["env", "-u", "OMP_NUM_THREADS", f"PYTHONPATH={Path(__file__).parent}", *pin, str(WSCA_TRAIN), "-m",
+         "trainer=ddp_spawn", "seed=0", f"hydra.sweep.dir={sweep}", *ONE_EPOCH,
+         "+callbacks.record._target_=test_distributed.RecordThreads", f"+callbacks.record.out={base}"], base)
     assert code == 0, output[-3000:]
     return sweep, output
+
+
+class RecordThreads(L.Callback):
+    """In every rank, at its first training step: ``<out>/rank<R>.json`` with its torch threads and cores."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        from wsca_lightning.threads import available_cores
+
+        if batch_idx == 0:
+            record = {"threads": torch.get_num_threads(), "cores": available_cores(), "pid": os.getpid()}
+            Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def test_each_spawned_rank_trains_with_its_share_of_the_cores_and_the_log_says_why(ddp_spawn_sweep):
+    """torch would give each of the 2 spawned ranks every core; each trains with its share, and the run's log
+    (written by the launching process) says so once."""
+    sweep, _ = ddp_spawn_sweep
+    ranks = [json.loads((sweep.parent / f"rank{r}.json").read_text()) for r in (0, 1)]
+    cores = ranks[0]["cores"]
+    assert [r["threads"] for r in ranks] == [max(1, cores // 2)] * 2, ranks
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    line = (f"torch intra-op threads: {max(1, cores // 2)} ({cores} cores shared by 2 local processes: 2 DDP "
+            "ranks; set torch_threads=N to change)")
+    assert (sweep / "0" / "train.log").read_text().count(line) == 1
 
 
 def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path, ddp_spawn_sweep):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from wsca_lightning.data.manifest import (
     encode_labels,
     parse_splits,
     read_manifest,
+    single_class_val_problem,
     validate_manifest,
 )
 from wsca_lightning.wsc.binning import IGNORE_INDEX, fit_bin_edges
@@ -339,3 +341,120 @@ def test_read_grayscale_scales_8_and_16_bit_png_tiff_and_colour_to_unit_range(tm
     assert sixteen[0, 0].tolist() == pytest.approx([0.0, 32768 / 65535, 1.0])
     assert read_grayscale(str(tmp_path / "a8.tif"))[0, 0].tolist() == [0.0, 1.0]
     assert float(read_grayscale(str(tmp_path / "rgb.jpg")).min()) > 0.98
+
+
+def test_one_class_spelled_two_ways_is_refused_naming_values_and_lines(root: Path, tmp_path: Path) -> None:
+    from wsca_lightning.data.metadata_table import MetadataTable
+
+    rows = [list(r) for r in ROWS]
+    rows[3][1] = "Malignant"   # line 5 (train)
+    rows[7][1] = "malignant "  # line 9: a trailing space is stripped, so it is the same class
+    rows[4][2] = "s1"          # line 6: metadata scanner 'S1' written in lower case
+    path = write(tmp_path / "m.csv", HEADER, rows)
+    table = read_manifest(path)
+    problems = check(table, root)
+    text = "\n".join(problems)
+    assert "m.csv: target: the same class written in different ways (case, spacing or invisible characters): " \
+           "'malignant' (lines 3, 7, 9) vs 'Malignant' (line 5) [column 'label']: each spelling would become a class " \
+           "of its own; write every class one way in the table (e.g. 'malignant' everywhere), or list the classes " \
+           "explicitly with target.classes" in text
+    assert "metadata head 'scanner': the same class written in different ways (case, spacing or invisible " \
+           "characters): 'S1' (lines 2, 4, 8) vs 's1' (line 6) [column 'scanner']" in text
+    assert "metadata.scanner.classes" in text
+    assert "binary needs exactly 2 classes" not in text  # the count of 3 is a symptom of the spelling: not reported
+    assert len(problems) == 2, problems
+    # the encoder refuses on its own too (the metadata table calls it without the validator)
+    with pytest.raises(ValueError, match=r"m.csv: y: the same class written in different ways .*'Malignant' "
+                                         r"\(line 5\)"):
+        encode_labels(table, ColumnSpec("label"), name="y", fit_rows=range(8))
+    # listing the classes is the documented way out: the other spelling is outside them, and said to be a respelling
+    listed = ColumnSpec("label", "binary", classes=("benign", "malignant"))
+    text = "\n".join(check(table, root, target=listed, metadata={}))
+    assert "target value(s) 'Malignant' not in classes ['benign', 'malignant'] ('Malignant' is 'malignant' spelled " \
+           "differently) (line 5) [column 'label']" in text
+    task, labels = encode_labels(table, listed, name="y", fit_rows=range(8))
+    assert task.class_names == ("benign", "malignant") and labels[3] == IGNORE_INDEX and labels[7] == 1
+    # the metadata table refuses at construction, before any training
+    with pytest.raises(ManifestError, match=r"task 'label': the same class written in different ways"):
+        MetadataTable(path, "image")
+
+
+def test_trailing_spaces_and_invisible_characters_in_labels(root: Path, tmp_path: Path) -> None:
+    rows = [list(r) for r in ROWS]
+    rows[1][1] = "malignant "  # stripped by the reader: one class, nothing to report
+    table = read_manifest(write(tmp_path / "m.csv", HEADER, rows))
+    assert check(table, root) == []
+    task, _ = encode_labels(table, TARGET, name="y", fit_rows=range(8))
+    assert task.class_names == ("benign", "malignant")
+    rows[1][1] = "malignant\u200b"  # a zero-width space (pasted from a web page) is not whitespace
+    table = read_manifest(write(tmp_path / "m.csv", HEADER, rows))
+    assert any("the same class written in different ways" in p and "'malignant\\u200b' (line 3)" in p
+               for p in check(table, root))
+
+
+def test_single_class_validation_split_is_refused_up_front(root: Path, tmp_path: Path) -> None:
+    rows = [list(r) for r in ROWS]
+    rows[5][1] = "benign"  # line 7: both val rows (lines 6, 7) are benign
+    table = read_manifest(write(tmp_path / "m.csv", HEADER, rows))
+    problems = check(table, root)
+    assert problems == [
+        f"{tmp_path / 'm.csv'}: target: a single class 'benign' in the val split (lines 6, 7) [column 'label']: "
+        "validation needs at least 2 classes (with one, val AUROC is nan); mark rows of other classes val too (split "
+        "column 'split'), or mark no row val and set val_fraction to carve a stratified val split from train"]
+    # no val rows at all: nothing to refuse (the datamodule carves a stratified val split from train)
+    rows = [[*r[:5], "train" if r[5] == "val" else r[5]] for r in rows]
+    assert check(table := read_manifest(write(tmp_path / "m.csv", HEADER, rows)), root) == []
+    assert "val" not in parse_splits(table, "split")
+    # the same check on a drawn split (what a datamodule calls after carving val), with its own advice
+    drawn = ["train", "val", "train", "val", "train", "train", "test", "test"]  # lines 3, 5: both malignant
+    assert single_class_val_problem(table, "label", drawn, todo="raise val_fraction") == (
+        f"{tmp_path / 'm.csv'}: target: a single class 'malignant' in the val split (lines 3, 5) [column 'label']: "
+        "validation needs at least 2 classes (with one, val AUROC is nan); raise val_fraction")
+    assert single_class_val_problem(table, "label", ["val"] * 8, todo="-") is None
+    # values outside the listed classes do not count as a second class
+    assert single_class_val_problem(table, "label", drawn[:2] + ["val"] + drawn[3:], todo="-",
+                                    classes=("malignant", "other")) is not None
+
+
+def test_utf16_and_nul_characters_are_refused_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "u16.csv").write_bytes("image,label\na.png,x\n".encode("utf-16"))  # Excel's "Unicode Text"
+    with pytest.raises(ManifestError, match=r"u16.csv: UTF-16 text, not UTF-8 \(line 1\): save the spreadsheet as "
+                                            r"'CSV UTF-8'"):
+        read_manifest(tmp_path / "u16.csv")
+    # NUL in a cell used to reach os.path.realpath and crash validation with "embedded null byte", naming no file
+    (tmp_path / "nul.csv").write_bytes(b"image,label\na.png,x\nb\x00.png,y\n")
+    with pytest.raises(ManifestError, match=r"nul.csv: NUL characters in the text .* \(line 3\): save the "
+                                            r"spreadsheet as 'CSV UTF-8'"):
+        read_manifest(tmp_path / "nul.csv")
+
+
+@pytest.mark.parametrize("values, spec, reason", [
+    (["1e308", "-1e308", "0", "5"], ColumnSpec("spacing", "continuous", bins=2),
+     r"values -1e\+308 \.\. 1e\+308 give unusable bin edges"),  # the span overflows: inf/nan edges
+    (["1", "1", "1", "2"], ColumnSpec("spacing", "continuous", bins=2, binning="quantile"),
+     r"quantile binning into 2 bins gives repeated edges"),
+])
+def test_unbinnable_column_is_refused_by_the_validator_and_the_encoder(root: Path, tmp_path: Path, values, spec,
+                                                                       reason) -> None:
+    rows = [list(r) for r in ROWS]
+    for k, v in enumerate(values):  # the four train rows
+        rows[k][3] = v
+    table = read_manifest(write(tmp_path / "m.csv", HEADER, rows))
+    problems = check(table, root, metadata={"spacing": spec})
+    assert len(problems) == 1, problems
+    assert re.search(r"m.csv: metadata head 'spacing': cannot bin the train values \(" + reason, problems[0])
+    with pytest.raises(ValueError, match=r"m.csv: spacing: cannot bin the fit rows \(" + reason):
+        encode_labels(table, spec, name="spacing", fit_rows=range(4))
+
+
+def test_metadata_table_refuses_two_columns_for_one_task_and_dotted_task_names(tmp_path: Path) -> None:
+    from wsca_lightning.data.metadata_table import MetadataTable
+
+    path = write(tmp_path / "t.csv", ["id", "site id", "site_id"], [["a", "x", "1"], ["b", "y", "2"]])
+    # both columns become task 'site_id': one used to replace the other without a word
+    with pytest.raises(ManifestError, match=r"t.csv: columns 'site id' and 'site_id' both become task 'site_id' "
+                                            r"\[column 'site_id'\]: rename one of them"):
+        MetadataTable(path, "id")
+    # a dotted task name used to pass construction and fail only in fit(), once training had started
+    with pytest.raises(ManifestError, match=r"metadata_columns.a.b: task name 'a.b' must be non-empty, without"):
+        MetadataTable(path, "id", {"a.b": {"column": "site id"}})

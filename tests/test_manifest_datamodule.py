@@ -248,6 +248,17 @@ def test_bad_manifest_input_names_the_key(generic, fetal, tmp_path):
                                                      "data.image_size=[30,48]"]))
     assert "data.in_channels: manifest data gives 1-channel images" in str(err.value)
     assert "data.image_size:" in str(err.value)
+    # a val split drawn from 4 single-class patients holds one patient: one class, a nan AUROC; refused up front
+    few = tmp_path / "few.csv"
+    rows = [line.split(",") for line in csv.read_text().splitlines()[1:9]]
+    few.write_text("image,label,patient\n" + "".join(
+        f"{row[0]},{'short' if k < 4 else 'mid'},P{k // 2}\n" for k, row in enumerate(rows)))
+    with pytest.raises(ConfigError) as err:
+        train(compose_train_config(tmp_path / "r5", ["data=manifest", f"data.manifest={few}", f"data.root={root}",
+                                                     "data.group_column=patient", "data.metadata={}",
+                                                     "data.val_fraction=0.25", "data.test_fraction=0", *RUN]))
+    assert "data.val_fraction: " in str(err.value) and "a single class" in str(err.value)
+    assert "in the val split" in str(err.value) and "raise val_fraction" in str(err.value)
     assert not (tmp_path / "r1" / "checkpoints").exists()
     assert os.listdir(root) == ["img"]
 

@@ -1,8 +1,10 @@
-"""DICOM input for the manifest datamodule: pixel decoding (12-bit scaling, MONOCHROME1, rescale) and header columns."""
+"""DICOM input for the manifest datamodule: pixel decoding (12-bit scaling, MONOCHROME1, rescale, modality and VOI
+LUTs, windowing, multi-frame refusal) and header columns."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from wsca_lightning.data.manifest import add_dicom_columns, is_dicom, read_grays
 
 
 def _write_dcm(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", manufacturer: str = "Acme",
-               spacing: tuple[float, float] = (0.2, 0.25), signed: bool = False, rescale: tuple | None = None) -> None:
+               spacing: tuple[float, float] = (0.2, 0.25), signed: bool = False, rescale: tuple | None = None,
+               extra: Callable[[Dataset], None] | None = None) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -39,6 +42,8 @@ def _write_dcm(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
+    if extra is not None:
+        extra(ds)
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -64,6 +69,112 @@ def test_read_grayscale_rescaled_and_signed_use_the_image_range(tmp_path):
     expected = torch.tensor([[[0.0, 0.25], [0.5, 1.0]]])
     torch.testing.assert_close(read_grayscale(str(tmp_path / "s.dcm")), expected)
     torch.testing.assert_close(read_grayscale(str(tmp_path / "r.dcm")), expected)
+
+
+STORED = np.array([[0, 800, 1000], [1064, 1200, 1400], [4095, 1124, 1024]], dtype=np.uint16)  # 12-bit values
+HU = STORED.astype(np.float64) - 1024  # with rescale (1, -1024)
+
+
+def _window(center: float, width: float, function: str | None = None) -> Callable[[Dataset], None]:
+    def add(ds: Dataset) -> None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+        if function is not None:
+            ds.VOILUTFunction = function
+    return add
+
+
+def _lut_item(descriptor: tuple[int, int, int], data: np.ndarray) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", list(descriptor))  # LUT Descriptor: entries, first mapped value, bits
+    item.add_new(0x00283006, "US", [int(v) for v in data])  # LUT Data
+    return item
+
+
+def _unit(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float32)).unsqueeze(0)
+
+
+def test_window_center_width_maps_the_window_onto_unit_range(tmp_path):
+    # a CT soft-tissue window (center 40 HU, width 400): what a viewer shows, black below, white above the window
+    _write_dcm(tmp_path / "lin.dcm", STORED, rescale=(1, -1024), extra=_window(40, 400))
+    _write_dcm(tmp_path / "lin1.dcm", STORED, rescale=(1, -1024), extra=_window(40, 400), photometric="MONOCHROME1")
+    _write_dcm(tmp_path / "sig.dcm", STORED, rescale=(1, -1024), extra=_window(40, 400, "SIGMOID"))
+    linear = np.clip((HU - 39.5) / 399 + 0.5, 0.0, 1.0)  # PS3.3 C.11.2.1.2.1
+    torch.testing.assert_close(read_grayscale(str(tmp_path / "lin.dcm")), _unit(linear))
+    torch.testing.assert_close(read_grayscale(str(tmp_path / "lin1.dcm")), _unit(1.0 - linear))
+    torch.testing.assert_close(read_grayscale(str(tmp_path / "sig.dcm")), _unit(1 / (1 + np.exp(-4 * (HU - 40) / 400))))
+
+
+def test_voi_lut_sequence_is_applied_and_preferred_to_the_window(tmp_path):
+    from pydicom.pixels import apply_voi_lut
+
+    lut = np.linspace(4095, 0, 256).round().astype(np.uint16)  # an inverting 12-bit ramp over stored 1000..1255
+
+    def add(ds: Dataset) -> None:
+        ds.VOILUTSequence = [_lut_item((256, 1000, 12), lut)]
+        _window(40, 400)(ds)  # ignored: the LUT wins, as in pydicom's apply_voi_lut
+
+    _write_dcm(tmp_path / "voi.dcm", STORED, extra=add)
+    expected = lut[np.clip(STORED.astype(np.int64) - 1000, 0, 255)] / 4095.0
+    image = read_grayscale(str(tmp_path / "voi.dcm"))
+    torch.testing.assert_close(image, _unit(expected))
+    ds = pydicom.dcmread(tmp_path / "voi.dcm")
+    torch.testing.assert_close(image, _unit(apply_voi_lut(ds.pixel_array, ds) / 4095.0))
+
+
+def test_modality_lut_sequence_sets_values_and_output_range(tmp_path):
+    lut = (np.arange(4096, dtype=np.int64) ** 2 // 256).astype(np.uint16)  # a non-linear 16-bit modality LUT
+
+    def add(ds: Dataset) -> None:
+        ds.ModalityLUTSequence = [_lut_item((4096, 0, 16), lut)]
+
+    _write_dcm(tmp_path / "mlut.dcm", STORED, extra=add)
+    values = lut[STORED].astype(np.float64)
+    torch.testing.assert_close(read_grayscale(str(tmp_path / "mlut.dcm")), _unit(values / 65535.0))
+    # a window on top of it works on the LUT's output (range 0 .. 2**16 - 1)
+    _write_dcm(tmp_path / "mlut_win.dcm", STORED, extra=lambda ds: (add(ds), _window(4096, 8192)(ds)))
+    torch.testing.assert_close(read_grayscale(str(tmp_path / "mlut_win.dcm")),
+                               _unit(np.clip((values - 4095.5) / 8191 + 0.5, 0.0, 1.0)))
+
+
+# CT_small: signed, rescaled to HU, no window (own min/max); MR_small: signed with Window Center/Width 600/1600
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_pydicom_sample_files_decode_as_pydicoms_lut_functions_give(name):
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = get_testdata_file(name)  # shipped inside pydicom: no download
+    ds = pydicom.dcmread(path)
+    values = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    bits = int(ds.BitsStored)
+    if "WindowCenter" in ds:  # the window's output range: the stored range through the rescale
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation == 1 else (0, 2**bits - 1)
+        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+            low, high = (v * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for v in (low, high))
+    elif ds.PixelRepresentation == 1 or float(ds.get("RescaleSlope", 1)) != 1 or float(ds.get("RescaleIntercept", 0)):
+        low, high = values.min(), values.max()
+    else:
+        low, high = 0, 2**bits - 1
+    expected = (values.astype(np.float64) - low) / (high - low)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        expected = 1.0 - expected
+    image = read_grayscale(path)
+    assert image.shape == (1, ds.Rows, ds.Columns)
+    torch.testing.assert_close(image, _unit(expected))
+    assert float(image.max()) > float(image.min())
+
+
+def test_multi_frame_dicom_is_refused_naming_the_frame_count():
+    from pydicom.data import get_testdata_file
+
+    from wsca_lightning.data.manifest import MultiFrameError, check_image
+
+    path = get_testdata_file("rtdose.dcm")  # 15 frames, shipped inside pydicom
+    frames = int(pydicom.dcmread(path, stop_before_pixels=True).NumberOfFrames)
+    assert frames > 1
+    with pytest.raises(MultiFrameError, match=f"multi-frame DICOM with {frames} frames"):
+        read_grayscale(path)
+    assert check_image(path).frames == frames
 
 
 def test_missing_pydicom_is_a_clear_import_error(tmp_path, monkeypatch):

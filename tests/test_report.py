@@ -83,6 +83,7 @@ def test_report_of_a_multirun(multirun: Path, built: tuple[Path, subprocess.Comp
     assert proc.returncode == 0, proc.stderr
     assert "Read 4 runs in 2 conditions" in proc.stdout
     assert str(out / "report.html") in proc.stdout
+    assert "wsc_summary.json: field" not in proc.stdout  # the summaries wsca-train writes pass check_summary
 
     tables = out / "tables"
     wsc = _read_csv(tables / "wsc_by_condition.csv")
@@ -140,8 +141,8 @@ def test_skipped_runs_are_listed_with_their_reason(
     assert report_main([str(root), "--out", str(tmp_path / "out")]) == 0
     stdout = capsys.readouterr().out
     assert "Read 4 runs in 2 conditions" in stdout and "Skipped 3:" in stdout
-    reasons = {Path(line.strip().split(": ")[0]).name: line.split(": ", 1)[1]
-               for line in stdout.splitlines() if line.startswith("  ")}
+    skipped_lines = stdout.split("Skipped 3:\n")[1].split("\nNotes (")[0].split("\nReport: ")[0].splitlines()
+    reasons = {Path(line.strip().split(": ")[0]).name: line.split(": ", 1)[1] for line in skipped_lines}
     assert set(reasons) == {"broken", "crashed", "empty_tasks"}
     assert "JSONDecodeError" in reasons["broken"] and "wsc_summary.json" in reasons["broken"]
     assert "no wsc/wsc_summary.json" in reasons["crashed"]
@@ -296,3 +297,183 @@ def test_report_reads_files_only() -> None:
             "'wsca_lightning.wsc'))); print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------- corrupt input
+
+
+def _summary_of(run: Path) -> Path:
+    return run / "wsc" / "wsc_summary.json"
+
+
+def _notes_section(page: str) -> str:
+    import html
+
+    return html.unescape(page.split("<h2>Notes</h2>")[1].split("<h2>")[0])
+
+
+def test_partly_corrupt_summaries_state_the_runs_each_statistic_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """5 runs of one condition, 2 of them partly corrupt in different ways (a NaN max|WSC|; a string max|WSC|, a
+    string probe AUROC and no history): every statistic counts only the values it used, and the notes (printed and
+    on the page) name both files and every field left out, and nothing of the 3 clean runs."""
+    root = tmp_path / "mr"
+    _fake_runs(_sample_summary(None), root, [("multitask", 0.5)], seeds=5)
+    for job, value in enumerate([0.1, 0.2, 0.3, 0.4, 0.5]):
+        summary = json.loads(_summary_of(root / str(job)).read_text())
+        summary["tasks"]["site"]["max_abs"] = value
+        if job == 1:
+            summary["tasks"]["site"]["max_abs"] = float("nan")  # json.dumps writes NaN, which json.load reads back
+        if job == 3:
+            summary["tasks"]["site"]["max_abs"] = "0.4"
+            summary["tasks"]["site"]["probe"]["auroc"] = "high"
+            del summary["history"]
+        _summary_of(root / str(job)).write_text(json.dumps(summary))
+
+    assert report_main([str(root), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+
+    (row,) = _read_csv(tmp_path / "out" / "tables" / "wsc_by_condition.csv")
+    assert row["n"] == "5"
+    assert row["max_abs_n"] == "3" and float(row["max_abs_mean"]) == pytest.approx(0.3)  # runs 0, 2, 4
+    assert float(row["max_abs_sd"]) == pytest.approx(0.2)
+    assert row["probe_auroc_n"] == "4" and row["unprojected_max_abs_n"] == "5" and row["p_n"] == "5"
+    markdown = (tmp_path / "out" / "tables" / "wsc_by_condition.md").read_text()
+    assert "0.300 ± 0.200 (n=3)" in markdown and "0.900 ± 0.000 (n=4)" in markdown
+    runs = {r["run"]: r for r in _read_csv(tmp_path / "out" / "tables" / "runs.csv")}
+    assert runs["1"]["site_max_abs"] == "" and runs["3"]["site_max_abs"] == "" and runs["4"]["site_max_abs"] == "0.5"
+
+    nan_file, string_file = str(_summary_of(root / "1")), str(_summary_of(root / "3"))
+    page_notes = _notes_section((tmp_path / "out" / "report.html").read_text())
+    printed_notes = stdout.split("Notes (")[1].split("\nReport: ")[0]
+    for notes in (page_notes, printed_notes):
+        assert f"{nan_file}: field tasks.site.max_abs is NaN, expected a number: left out of max|WSC|" in notes
+        assert f"{string_file}: field tasks.site.max_abs is the string '0.4', expected a number" in notes
+        assert f"{string_file}: field tasks.site.probe.auroc is the string 'high', expected a number" in notes
+        assert f"{string_file}: field history is absent" in notes
+        assert "wsca-analyze" in notes  # what to do about it
+        for clean in ("0", "2", "4"):
+            assert str(root / clean / "wsc") not in notes
+
+
+def test_unreadable_summaries_never_stop_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Truncated JSON, bytes that are not UTF-8, a JSON array, nesting too deep to decode: skipped, each with its file
+    and reason. A summary whose every field has the wrong type is read: the report is written, with notes."""
+    root = tmp_path / "mr"
+    _fake_runs(_sample_summary(None), root, [("multitask", 0.5)], seeds=6)
+    _summary_of(root / "1").write_text('{"primary": "label", "tasks": {"site": {"max_abs": 0.')
+    _summary_of(root / "2").write_bytes(b'{"primary": "\xff\xfe"}')
+    _summary_of(root / "3").write_text("[]")
+    _summary_of(root / "4").write_text("[" * 200_000 + "]" * 200_000)
+    _summary_of(root / "5").write_text(json.dumps({
+        "primary": ["label"], "epoch": "last", "k": {},
+        "tasks": {"site": {"max_abs": {}, "rows": 3, "cols": "x", "matrix": "m", "probe": [], "null": "n", "test": 5,
+                           "unprojected": {"max_abs": True}, "interpretable": "yes"}},
+        "history": 5, "k_sweep": {"k": [{}], "max_abs": {}}, "reference": {"intra": {"values": "abc"}, "inter": 3},
+    }))
+
+    assert report_main([str(root), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    assert "Read 2 runs in 1 conditions" in stdout and "Skipped 4:" in stdout
+    skipped = stdout.split("Skipped 4:\n")[1].split("\nNotes (")[0]
+    for job, reason in (("1", "JSONDecodeError"), ("2", "UnicodeDecodeError"), ("3", "a JSON list, expected an object"),
+                        ("4", "RecursionError")):
+        line = next(line for line in skipped.splitlines() if line.startswith(f"  {root / job}:"))
+        assert str(_summary_of(root / job)) in line and reason in line and "wsca-analyze" in line, line
+
+    (row,) = _read_csv(tmp_path / "out" / "tables" / "wsc_by_condition.csv")
+    assert (row["n"], row["max_abs_n"], row["unprojected_max_abs_n"], row["p_n"]) == ("2", "1", "1", "1")
+    assert row["n_significant"] == "1"  # run 0 only: run 5's unusable test object does not fall back to null.p
+    notes = _notes_section((tmp_path / "out" / "report.html").read_text())
+    garbage = f"{_summary_of(root / '5')}: field"
+    for field, problem in (("primary", "is an array, expected a string"), ("epoch", "is the string 'last'"),
+                           ("tasks.site.max_abs", "is an object"), ("tasks.site.unprojected.max_abs", "is true"),
+                           ("tasks.site.probe", "is an array, expected an object"), ("tasks.site.test", "is 5"),
+                           ("tasks.site.rows", "is 3"), ("tasks.site.matrix", "is the string 'm'"),
+                           ("tasks.site.interpretable", "is the string 'yes'"), ("history", "is 5"),
+                           ("k_sweep", "is malformed"), ("reference.intra.values", "is the string 'abc'"),
+                           ("reference.inter", "is 3, expected an object")):
+        assert f"{garbage} {field} {problem}" in notes, field
+    assert (tmp_path / "out" / "figures").is_dir() and (tmp_path / "out" / "report.html").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- overrides
+
+
+def test_overrides_are_read_by_hydras_parser(tmp_path: Path) -> None:
+    """Every form of Hydra's override grammar: the key (with its package) and the value Hydra would use."""
+    source = tmp_path / ".hydra" / "overrides.yaml"
+    values, notes = report.parse_overrides([
+        "+model.extra=1", "++trainer.max_epochs=3", "~model.dropout", "~data.tag=x", "db@backup=mysql",
+        "+db@backup.alt=pg", "data.name='1.0'", 'data.label="a,b"', "optim.lr=1e-3", "data.size=[32,48]",
+        "data.strength=0.0,1.0", "data.mix=choice(b,a)", "seed=1", "seed=2", "data.path=/a/b-c.csv",
+    ], source)
+    plain = {key: (v.key_or_group, v.value, v.display) for key, v in values.items()}
+    assert plain["model.extra"] == ("model.extra", 1, "1")
+    assert plain["trainer.max_epochs"] == ("trainer.max_epochs", 3, "3")
+    assert plain["model.dropout"][2] == plain["data.tag"][2] == "(deleted)"
+    assert plain["db@backup"] == ("db", "mysql", "mysql") and plain["db@backup.alt"] == ("db", "pg", "pg")
+    assert plain["data.name"] == ("data.name", "1.0", "'1.0'")  # quoted: a string, shown with its quotes
+    assert plain["data.label"] == ("data.label", "a,b", '"a,b"')  # quoted: not a sweep
+    assert plain["optim.lr"][1] == pytest.approx(1e-3) and plain["optim.lr"][2] == "1e-3"
+    assert plain["data.size"][1] == [32, 48]
+    assert plain["seed"][1] == 2  # the later line wins, as in Hydra
+    assert plain["data.path"][1] == "/a/b-c.csv"
+    assert plain["data.strength"][2] == "0.0,1.0" and plain["data.mix"][2] == "choice(b,a)"
+    assert values["data.mix"].value == report.parse_overrides(["data.mix=a,b"], source)[0]["data.mix"].value
+    assert len(notes) == 2 and all(str(source) in n and "is a sweep" in n for n in notes)
+    assert "item 11 'data.strength=0.0,1.0'" in notes[0]
+
+    values, notes = report.parse_overrides(["data.size=[32,48", "seed=0"], source)
+    assert values["data.size=[32,48"].display == "(unparsed)" and values["seed"].value == 0
+    (note,) = notes
+    assert note.startswith(f"{source}: item 1 'data.size=[32,48' is not a Hydra override (") and "key=value" in note
+
+
+def _record(tmp_path: Path, name: str, overrides: list[str]) -> report.RunRecord:
+    return report.RunRecord(path=tmp_path / name, name=name, summary={"tasks": {}}, overrides=overrides,
+                            metrics={}, metrics_source="metrics.csv")
+
+
+def test_conditions_are_grouped_by_parsed_key_and_value(tmp_path: Path) -> None:
+    """`+key`/`++key` group with `key`; `key@package` is its own key; `~key` is a level of its own (deleted);
+    `'1.0'` is not 1.0; a sweep is not the quoted string of the same text; seed and hydra.* are no factors."""
+    base = ["model.extra=1", "db@backup=mysql", "data.tag='1.0'"]
+    runs = {
+        "a": _record(tmp_path, "a", ["seed=0", *base, "hydra.run.dir=/x/0"]),
+        "b": _record(tmp_path, "b", ["seed=1", "++model.extra=1", "+db@backup=mysql", "data.tag='1.0'",
+                                     "hydra.run.dir=/x/1"]),
+        "c": _record(tmp_path, "c", ["seed=0", "model.extra=1", "db@backup=postgres", "data.tag='1.0'"]),
+        "d": _record(tmp_path, "d", ["seed=0", "~model.extra", "db@backup=mysql", "data.tag='1.0'"]),
+        "e": _record(tmp_path, "e", ["seed=0", "model.extra=1", "db@backup=mysql", "data.tag=1.0"]),
+        "f": _record(tmp_path, "f", ["seed=0", *base, "data.mix=a,b"]),
+        "g": _record(tmp_path, "g", ["seed=0", *base, "data.mix='a,b'"]),
+        "h": _record(tmp_path, "h", ["seed=0", *base, "db=mysql"]),
+    }
+    conditions, factors = report.group_conditions(list(runs.values()))
+    assert factors == ["model.extra", "db@backup", "data.tag", "data.mix", "db"]
+    assert len(conditions) == 7
+    assert runs["a"].condition is runs["b"].condition
+    assert len({id(run.condition) for run in runs.values()}) == 7
+    assert runs["c"].condition.values["db@backup"] == "postgres"
+    assert "model.extra=(deleted)" in runs["d"].condition.label and "~model.extra" in runs["d"].condition.overrides()
+    assert runs["a"].condition.values["data.tag"] == "1.0" and runs["e"].condition.values["data.tag"] == 1.0
+    assert "data.tag='1.0'" in runs["a"].condition.label and "data.tag=1.0," in runs["e"].condition.label + ","
+    assert runs["g"].condition.values["data.mix"] == "a,b" and runs["f"].condition.values["data.mix"] != "a,b"
+    assert runs["h"].condition.values["db"] == "mysql" and runs["a"].condition.values["db"] == "(not set)"
+    assert any("is a sweep" in note for note in runs["f"].notes)
+
+
+def test_run_directory_overrides_and_seed(tmp_path: Path) -> None:
+    """load_run reads .hydra/overrides.yaml through Hydra's parser: `+seed=7` is the seed, and a line Hydra cannot
+    read is noted with the file and item."""
+    root = tmp_path / "mr"
+    _fake_runs(_sample_summary(None), root, [("multitask", 0.5)], seeds=1)
+    overrides_file = root / "0" / ".hydra" / "overrides.yaml"
+    overrides_file.write_text("- +seed=7\n- ~model.dropout\n- data.tag='x y'\n- bad=[1\n")
+    run = report.load_run(root / "0", root)
+    assert isinstance(run, report.RunRecord) and run.seed == 7
+    assert {key: v.value for key, v in run.parsed_overrides().items() if key != "bad=[1"} == {
+        "seed": 7, "model.dropout": "(not set)", "data.tag": "x y"}
+    assert any(note.startswith(f"{overrides_file}: item 4 'bad=[1' is not a Hydra override") for note in run.notes)

@@ -37,6 +37,20 @@ def realistic(seed: int = 0, patients: int = 300, classes: int = 4) -> tuple[lis
     return targets, groups
 
 
+def mixed_patients(seed: int, patients: int = 900) -> tuple[list[int], list[str]]:
+    """~6,300 rows like FETAL_PLANES_DB: each patient has 2-12 images of 1-4 of 6 imbalanced classes (planes)."""
+    rng = random.Random(seed)
+    weights = [3092, 4213, 1626, 1718, 711, 1040]  # FETAL_PLANES_DB's images per plane
+    targets: list[int] = []
+    groups: list[str] = []
+    for p in range(patients):
+        own = rng.choices(range(6), weights=weights, k=rng.randint(1, 4))
+        for _ in range(rng.randint(2, 12)):
+            targets.append(rng.choice(own))
+            groups.append(f"p{p}")
+    return targets, groups
+
+
 def shares(split: list[str], rows: list[int] | None = None) -> dict[str, float]:
     rows = list(range(len(split))) if rows is None else rows
     c = Counter(split[i] for i in rows)
@@ -83,6 +97,23 @@ def test_group_split_realised_fractions_and_strata():
         got_c = shares(split, rows)
         for name in SPLIT_NAMES:
             assert abs(got_c[name] - want[name]) <= 0.05, (c, name, got_c)
+
+
+def test_mixed_label_patients_every_class_shared_out_within_half_a_point():
+    # patients holding several classes cannot be dealt by one label; the majority-label deal missed per-class
+    # shares by 1.5 points on average and up to 7 (measured on 10 seeds of this data); the histogram greedy by 0.2
+    for seed in (0, 1):
+        targets, groups = mixed_patients(seed)
+        split = group_split(targets, groups, val_fraction=0.2, test_fraction=0.2, seed=seed)
+        assert check_group_disjoint(split, groups) == []
+        want = {"train": 0.6, "val": 0.2, "test": 0.2}
+        for c in range(6):
+            got = shares(split, [i for i, t in enumerate(targets) if t == c])
+            assert got == pytest.approx(want, abs=0.005), (seed, c, got)
+    folds = [group_kfold(targets, groups, num_folds=5, fold=f, seed=1) for f in range(5)]
+    for c in range(6):
+        rows = [i for i, t in enumerate(targets) if t == c]
+        assert all(abs(shares(split, rows)["val"] - 0.2) <= 0.005 for split in folds), c
 
 
 def test_group_split_deterministic_and_seed_dependent():

@@ -7,7 +7,12 @@ seeds of a condition are its replicates; the override keys whose values differ a
 
 Only files are read (JSON, CSV, YAML): no torch, Lightning or training code is imported, and every field is looked up
 defensively, so run directories written by another version of the package are readable. A directory that looks like
-a run but cannot be used is listed as skipped, with the reason, instead of stopping the report.
+a run but cannot be used is listed as skipped, with the reason, instead of stopping the report. Fields of a summary
+that cannot be used (NaN, a string where a number belongs, a missing history, ...) are left out and listed in the
+report's notes with the file and field; every statistic says how many runs it used.
+
+``overrides.yaml`` is read with Hydra's own override parser (imported when the first run is read), so ``~key``,
+``+key``/``++key``, ``key@package``, quoted values and sweeps mean what they mean on Hydra's command line.
 
 Outputs under ``out_dir``: ``report.html`` (self-contained: PNGs as data URIs, inline CSS), ``figures/*.png`` and
 ``tables/*.csv`` + ``tables/*.md`` (the same content; the CSVs keep mean and sd as separate numeric columns).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime
+import functools
 import html
 import io
 import json
@@ -40,6 +46,7 @@ from wsca_lightning.summary import decision_p
 
 __all__ = [
     "Condition",
+    "OverrideValue",
     "ReportError",
     "ReportResult",
     "RunRecord",
@@ -49,6 +56,7 @@ __all__ = [
     "find_run_dirs",
     "group_conditions",
     "load_run",
+    "parse_overrides",
     "rankdata",
     "spearman",
 ]
@@ -62,6 +70,7 @@ IGNORED_PREFIXES = ("hydra.", "paths.", "hydra/")
 #: Entries whose presence marks a directory as (an attempt at) a run; the search does not descend below a run.
 _RUN_MARKERS = frozenset({".hydra", "wsc", "csv", "checkpoints", "metrics.csv"})
 _NO_VALUE = "(not set)"
+_DELETED = "(deleted)"  # display of ``~key``; compares equal to a key the config does not set
 _MISSING = object()  # a config key that is absent (None is a value)
 
 _CSS = """
@@ -105,6 +114,7 @@ class RunRecord:
     choices: dict[str, Any] = field(default_factory=dict)  # Hydra config-group choices (.hydra/hydra.yaml)
     notes: list[str] = field(default_factory=list)
     condition: Condition | None = None
+    _parsed: dict[str, OverrideValue] | None = field(default=None, repr=False, compare=False)
 
     @property
     def primary(self) -> str:
@@ -113,6 +123,13 @@ class RunRecord:
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
         return self.summary["tasks"]
+
+    def parsed_overrides(self) -> dict[str, OverrideValue]:
+        """The overrides as Hydra reads them, by key (parsed once; problems go to ``notes``)."""
+        if self._parsed is None:
+            self._parsed, notes = parse_overrides(self.overrides, self.path / ".hydra" / "overrides.yaml")
+            self.notes += notes
+        return self._parsed
 
     def last_metric(self, key: str) -> tuple[int | None, float | None]:
         """The value of ``key`` in the last epoch that logged it, and that epoch."""
@@ -143,7 +160,18 @@ class Condition:
     slug: str = ""  # file-name part
 
     def overrides(self) -> list[str]:
-        return [f"{key}={self.display[key]}" for key in self.display]
+        return [f"~{key}" if self.display[key] == _DELETED else f"{key}={self.display[key]}" for key in self.display]
+
+
+@dataclass(frozen=True)
+class OverrideValue:
+    """One line of ``overrides.yaml`` as Hydra's parser reads it."""
+
+    key: str  # the key or config group, with ``@package`` when given: what conditions are grouped by
+    key_or_group: str  # without the package (``hydra.*``/``paths.*`` are recognised on it)
+    value: Any  # the parsed value; ``_NO_VALUE`` for a deletion (``~key``); a ``_Sweep`` for a sweep
+    display: str  # the value as written after ``=`` (``(deleted)`` for ``~key``)
+    text: str  # the whole line
 
 
 @dataclass
@@ -267,6 +295,14 @@ def load_run(path: Path, root: Path) -> RunRecord | SkippedRun:
         return _load_run(path, root)
     except _Skip as skip:
         return SkippedRun(path, str(skip))
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
+        # content no check foresaw: one run is lost, not the report
+        return SkippedRun(path, f"unexpected content ({type(err).__name__}: {err}); check {path / SUMMARY_PATH} "
+                                f"and {path / '.hydra'}, or remove the run")
+
+
+#: What to do about a summary the report cannot read in full.
+_FIX_SUMMARY = "fix it, or rerun the analysis (wsca-analyze on the run's checkpoint) to rewrite the file"
 
 
 def _load_run(path: Path, root: Path) -> RunRecord:
@@ -277,18 +313,19 @@ def _load_run(path: Path, root: Path) -> RunRecord:
     try:
         with open(summary_file, encoding="utf-8") as f:
             summary = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _Skip(f"unreadable {summary_file}: {type(err).__name__}: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise _Skip(f"unreadable {summary_file}: {type(err).__name__}: {err}; {_FIX_SUMMARY}") from err
     if not isinstance(summary, dict):
-        raise _Skip(f"invalid {summary_file}: a JSON {type(summary).__name__}, expected an object")
+        raise _Skip(f"invalid {summary_file}: a JSON {type(summary).__name__}, expected an object; {_FIX_SUMMARY}")
     tasks = summary.get("tasks")
     if not isinstance(tasks, dict) or not tasks:
         raise _Skip(f"{summary_file} has no metadata tasks (key 'tasks' missing or empty)")
     bad = [name for name, task in tasks.items() if not isinstance(task, dict)]
     if bad:
-        raise _Skip(f"invalid {summary_file}: tasks {bad} are not objects")
+        raise _Skip(f"invalid {summary_file}: tasks {bad} are not objects; {_FIX_SUMMARY}")
 
-    notes: list[str] = []
+    # unusable fields are cleared here, so every table and figure reads only numbers where it expects numbers
+    notes: list[str] = _check_summary(summary, summary_file)
     csv_files = sorted(path.rglob("metrics.csv"), key=_version_key)
     metrics: dict[int, dict[str, float]] = {}
     source = "metrics.csv"
@@ -330,15 +367,19 @@ def _load_run(path: Path, root: Path) -> RunRecord:
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
         pass
 
-    seed = next((_parse_value(v) for k, v in map(_split_override, overrides) if k == "seed"), None)
+    name = path.relative_to(root).as_posix() if path != root else root.name
+    record = RunRecord(path=path, name=name, summary=summary, overrides=overrides, metrics=metrics,
+                       metrics_source=source, config=config, choices=choices, notes=notes)
+    seed_override = record.parsed_overrides().get("seed")
+    seed = None if seed_override is None else seed_override.value
+    if seed is _NO_VALUE or isinstance(seed, _Sweep):  # ~seed, or a sweep written into one run's file
+        seed = None
     if seed is None and config is not None:
         seed = _config_value(config, "seed")
     if seed is None or seed is _MISSING:
         seed = _get(summary, "settings", "seed")
-
-    name = path.relative_to(root).as_posix() if path != root else root.name
-    return RunRecord(path=path, name=name, summary=summary, overrides=overrides, metrics=metrics,
-                     metrics_source=source, seed=seed, config=config, choices=choices, notes=notes)
+    record.seed = seed
+    return record
 
 
 def _load_config(path: Path, notes: list[str]) -> Any:
@@ -353,29 +394,286 @@ def _load_config(path: Path, notes: list[str]) -> Any:
         return None
 
 
+# --------------------------------------------------------------------------------------------------- summary checks
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value as a note names it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("…" if len(value) > 40 else "")
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+
+
+class _SummaryCheck:
+    """Clears what the report cannot use in a loaded summary and says what, where and what it costs; the same
+    problem in many history entries is one note."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.found: dict[tuple[str, str, str, bool], list[str]] = {}  # (path, problem, effect, fixable) -> entries
+
+    def flag(self, path: str, problem: str, effect: str, entry: str | None = None, fixable: bool = True) -> None:
+        entries = self.found.setdefault((path, problem, effect, fixable), [])
+        if entry is not None:
+            entries.append(entry)
+
+    def notes(self) -> list[str]:
+        out = []
+        for (path, problem, effect, fixable), entries in self.found.items():
+            where = ""
+            if entries:
+                where = " (i = " + ", ".join(entries[:8]) + (", …" if len(entries) > 8 else "") + ")"
+            fix = f"; {_FIX_SUMMARY}" if fixable else ""
+            out.append(f"{self.file}: field {path}{where} {problem}: {effect}{fix}")
+        return out
+
+    def number(self, node: dict[str, Any], key: str, path: str, effect: str, entry: str | None = None) -> None:
+        """``node[key]`` must be a finite number or null (what the writer puts for NaN); else it is cleared."""
+        value = node.get(key)
+        if value is not None and not _is_number(value):
+            node[key] = None
+            self.flag(path, f"is {_json_kind(value)}, expected a number", effect, entry)
+
+    def mapping(self, node: dict[str, Any], key: str, path: str, effect: str, entry: str | None = None
+                ) -> dict[str, Any]:
+        """``node[key]`` as an object; one of another type is replaced by ``{}`` (not removed: an empty ``test``
+        keeps the verdict's p unknown instead of falling back to an older field)."""
+        value = node.get(key)
+        if isinstance(value, dict):
+            return value
+        if value is not None:
+            node[key] = {}
+            self.flag(path, f"is {_json_kind(value)}, expected an object", effect, entry)
+        return {}
+
+    def boolean(self, node: dict[str, Any], key: str, path: str, entry: str | None = None) -> None:
+        value = node.get(key)
+        if value is not None and not isinstance(value, bool):
+            del node[key]
+            self.flag(path, f"is {_json_kind(value)}, expected true or false",
+                      "read as absent (counted as interpretable, as in summaries without the field)", entry)
+
+
+#: Numeric fields of a task entry the report reads (parent object or None, key), and what loses them when unusable.
+_TASK_NUMBERS: tuple[tuple[str | None, str, str], ...] = (
+    (None, "max_abs", "max|WSC|"), ("unprojected", "max_abs", "unprojected max|WSC|"),
+    ("probe", "auroc", "probe AUROC"), ("deconfounded", "max_abs", "deconfounded max|WSC|"),
+    ("null", "q95", "null q95"), ("null", "p", "the p-value (significant, median p)"),
+    ("test", "p", "the p-value (significant, median p)"), (None, "test_p", "the p-value (significant, median p)"),
+    (None, "p", "the p-value (significant, median p)"),
+)
+_PARENT_EFFECTS = {parent: " and ".join(label for p, _, label in _TASK_NUMBERS if p == parent)
+                   for parent, _, _ in _TASK_NUMBERS if parent is not None}
+_HISTORY_NUMBERS = ("max_abs", "q05", "q95", "p", "test_p")
+_CURVES = "left out of the WSC-over-epochs curves"
+
+
+def _check_summary(summary: dict[str, Any], file: Path) -> list[str]:
+    """Clear, in place, every field of a loaded summary (``tasks`` already known to be objects) that the report
+    reads but cannot use: a number that is NaN, infinite, a string or another type, an object or array of the wrong
+    type, a history entry without an epoch. Returns notes naming ``file``, the field and what leaves it out; null
+    values (the writer's NaN) stay, and statistics count only usable values."""
+    check = _SummaryCheck(file)
+    if "primary" in summary and not isinstance(summary["primary"], str):
+        check.flag("primary", f"is {_json_kind(summary['primary'])}, expected a string",
+                   "the primary task's accuracy is not found")
+        summary["primary"] = None
+    for key in ("epoch", "k"):
+        check.number(summary, key, key, "shown as missing in the runs table")
+    for name, task in summary["tasks"].items():
+        if "max_abs" in task and task["max_abs"] is None:  # the headline value: its absence is worth a note
+            check.flag(f"tasks.{name}.max_abs", "is null (the WSC was undefined, e.g. a diverged head)",
+                       "left out of max|WSC|", fixable=False)
+        for parent, key, label in _TASK_NUMBERS:
+            base = f"tasks.{name}" if parent is None else f"tasks.{name}.{parent}"
+            node = task if parent is None else check.mapping(task, parent, base,
+                                                             f"left out of {_PARENT_EFFECTS[parent]}")
+            check.number(node, key, f"{base}.{key}", f"left out of {label}")
+        check.boolean(task, "interpretable", f"tasks.{name}.interpretable")
+        _check_matrix(check, task, f"tasks.{name}")
+    _check_history(check, summary)
+    _check_k_sweep(check, summary)
+    reference = check.mapping(summary, "reference", "reference", "left out of the reference histograms")
+    for side in ("intra", "inter"):
+        node = check.mapping(reference, side, f"reference.{side}", "left out of the reference histograms")
+        values = node.get("values")
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            node["values"] = []
+            check.flag(f"reference.{side}.values", f"is {_json_kind(values)}, expected an array",
+                       "left out of the reference histograms")
+            continue
+        bad = [v for v in values if v is not None and not _is_number(v)]
+        if bad:
+            node["values"] = [v for v in values if v is None or _is_number(v)]
+            check.flag(f"reference.{side}.values", f"holds {len(bad)} values that are not numbers (first: "
+                       f"{_json_kind(bad[0])})", "those values are left out of the reference histograms")
+    return check.notes()
+
+
+def _check_matrix(check: _SummaryCheck, task: dict[str, Any], base: str) -> None:
+    """A task's ``matrix`` (numbers or null, equal rows) and its ``rows`` and ``cols`` names: otherwise the matrix is
+    cleared, so the run is left out of the mean heatmap of its condition."""
+    effect = "this run is left out of the mean heatmap"
+    matrix = task.get("matrix")
+    problem = None
+    if matrix is None:
+        problem = "is absent" if "matrix" not in task else None  # null: written so, nothing to average
+    elif not isinstance(matrix, list) or not matrix or not all(isinstance(row, list) and row for row in matrix):
+        problem = f"is {_json_kind(matrix)}, expected an array of arrays of numbers"
+    elif len({len(row) for row in matrix}) > 1:
+        problem = "has rows of different lengths"
+    else:
+        bad = next((v for row in matrix for v in row if v is not None and not _is_number(v)), _MISSING)
+        if bad is not _MISSING:
+            problem = f"holds {_json_kind(bad)}, expected numbers (or null)"
+    if problem is not None:
+        check.flag(f"{base}.matrix", problem, effect)
+        task["matrix"] = None
+    for key in ("rows", "cols"):
+        names = task.get(key)
+        if names is not None and not (isinstance(names, list)
+                                      and all(isinstance(x, (str, int, float)) and not isinstance(x, bool)
+                                              for x in names)):
+            check.flag(f"{base}.{key}", f"is {_json_kind(names)}, expected an array of names", effect)
+            task[key] = None
+            task["matrix"] = None
+
+
+def _check_history(check: _SummaryCheck, summary: dict[str, Any]) -> None:
+    if "history" not in summary:
+        check.flag("history", "is absent (a wsca-analyze summary has none)", f"this run is {_CURVES}", fixable=False)
+        return
+    history = summary["history"]
+    if not isinstance(history, list):
+        check.flag("history", f"is {_json_kind(history)}, expected an array", f"this run is {_CURVES}")
+        summary["history"] = []
+        return
+    kept = []
+    for index, entry in enumerate(history):
+        at = str(index)
+        if not isinstance(entry, dict):
+            check.flag("history[i]", f"is {_json_kind(entry)}, expected an object", f"the entry is {_CURVES}", at)
+            continue
+        epoch = entry.get("epoch")
+        if not _is_number(epoch) or epoch < 0 or float(epoch) != int(epoch):
+            check.flag("history[i].epoch", f"is {_json_kind(epoch)}, expected a whole number",
+                       f"the entry is {_CURVES}", at)
+            continue
+        entry["epoch"] = int(epoch)
+        metrics = check.mapping(entry, "metrics", "history[i].metrics", "left out of the loss and accuracy curves", at)
+        for key in list(metrics):
+            check.number(metrics, key, f"history[i].metrics.{key}", "left out of the loss and accuracy curves", at)
+        tasks = check.mapping(entry, "tasks", "history[i].tasks", _CURVES, at)
+        for name in list(tasks):
+            task = tasks[name]
+            if not isinstance(task, dict):
+                check.flag(f"history[i].tasks.{name}", f"is {_json_kind(task)}, expected an object", _CURVES, at)
+                del tasks[name]
+                continue
+            for key in _HISTORY_NUMBERS:
+                check.number(task, key, f"history[i].tasks.{name}.{key}", _CURVES, at)
+            check.boolean(task, "interpretable", f"history[i].tasks.{name}.interpretable", at)
+        kept.append(entry)
+    summary["history"] = kept
+
+
+def _check_k_sweep(check: _SummaryCheck, summary: dict[str, Any]) -> None:
+    sweep = summary.get("k_sweep")
+    if sweep is None:
+        return
+    effect = "left out of the k sweep"
+    ks = sweep.get("k") if isinstance(sweep, dict) else None
+    values = sweep.get("max_abs") if isinstance(sweep, dict) else None
+    if not isinstance(ks, list) or not isinstance(values, dict) \
+            or not all(_is_number(k) or isinstance(k, str) for k in ks):
+        check.flag("k_sweep", "is malformed (expected {\"k\": [numbers], \"max_abs\": {task: [numbers]}})",
+                   f"this run is {effect}")
+        summary["k_sweep"] = None
+        return
+    for name in list(values):
+        series = values[name]
+        if not isinstance(series, list):
+            check.flag(f"k_sweep.max_abs.{name}", f"is {_json_kind(series)}, expected an array", effect)
+            del values[name]
+            continue
+        for index, value in enumerate(series):
+            if value is not None and not _is_number(value):
+                series[index] = None
+                check.flag(f"k_sweep.max_abs.{name}[i]", f"is {_json_kind(value)}, expected a number", effect,
+                           str(index))
+
+
 # --------------------------------------------------------------------------------------------------- conditions
 
-def _split_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.strip().lstrip("+"), value.strip()
+@dataclass(frozen=True)
+class _Sweep:
+    """A sweep found in one run's overrides (``a,b``, ``choice(...)``, ``range(...)``, ``interval(...)``)."""
+
+    levels: tuple[str, ...]  # sorted values as Hydra writes them, or the sweep as written when not enumerable
+
+
+@functools.lru_cache(maxsize=1)
+def _overrides_parser() -> Any:
+    # imported here, not at module level: importing wsca_lightning.report stays free of Hydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def parse_overrides(lines: Sequence[str], source: str | os.PathLike[str]) -> tuple[dict[str, OverrideValue], list[str]]:
+    """The lines of an ``overrides.yaml`` read by Hydra's own override parser, by key (``key@package`` when a package
+    is given; a later line for the same key wins, as in Hydra), and notes naming ``source`` for lines that do not
+    parse or hold a sweep. ``+key``/``++key`` group with ``key``; ``~key`` reads as the key not being set."""
+    from hydra.errors import HydraException
+
+    parser = _overrides_parser()
+    values: dict[str, OverrideValue] = {}
+    notes: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            (override,) = parser.parse_overrides([line])
+        except (HydraException, ValueError, TypeError) as err:
+            reason = " ".join(str(err).split("\n")[0].split())
+            # kept apart as its own key: runs with different unreadable lines must not merge into one condition
+            notes.append(f"{source}: item {number} {line!r} is not a Hydra override ({reason}): grouped by its text; "
+                         "write it as key=value (see Hydra's override grammar) to group it by key")
+            values[line] = OverrideValue(key=line, key_or_group=line, value=line, display="(unparsed)", text=line)
+            continue
+        group = override.key_or_group
+        key = group if override.package is None else f"{group}@{override.package}"
+        if override.is_delete():
+            value: Any = _NO_VALUE
+            display = _DELETED
+        elif override.is_sweep_override():
+            display = override.get_value_string().strip()
+            levels: tuple[str, ...] = (display,)  # a range may be long and an interval has no levels: as written
+            if override.is_choice_sweep():
+                try:
+                    levels = tuple(sorted(override.sweep_string_iterator()))  # so `a,b` equals `choice(b,a)`
+                except HydraException:  # a glob needs Hydra's config repository
+                    pass
+            value = _Sweep(levels)
+            notes.append(f"{source}: item {number} {line!r} is a sweep, not one value (a job's overrides.yaml holds "
+                         "the value it ran with): grouped as the sweep written; check which value this run used")
+        else:
+            value = override.value()  # quoted strings stay strings: '1.0' is not 1.0
+            display = override.get_value_string().strip()
+        values[key] = OverrideValue(key=key, key_or_group=group, value=value, display=display, text=line)
+    return values, notes
 
 
 def _is_ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
-
-
-def _parse_value(text: str) -> Any:
-    """An override value as Hydra reads it, near enough: YAML scalars and lists; ``1e-3`` is a float."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def _canonical(value: Any) -> str:
@@ -384,6 +682,8 @@ def _canonical(value: Any) -> str:
     def norm(v: Any) -> Any:
         if isinstance(v, bool) or v is None or isinstance(v, str):
             return v
+        if isinstance(v, _Sweep):  # never equal to a value, nor to the quoted string 'a,b'
+            return {"(sweep)": list(v.levels)}
         if isinstance(v, (int, float)):
             return float(v)
         if isinstance(v, Mapping):
@@ -408,15 +708,15 @@ def _config_value(config: Any, key: str) -> Any:
         return _MISSING
 
 
-def _value_for(run: RunRecord, key: str, overrides: Mapping[str, str]) -> tuple[Any, str]:
+def _value_for(run: RunRecord, key: str, overrides: Mapping[str, OverrideValue]) -> tuple[Any, str]:
     """(parsed value, display text) of a condition key for one run: its override, else its config-group choice or
     config value, so a run that left a key at its default still compares equal to one that set it to that value."""
     if key in overrides:
-        return _parse_value(overrides[key]), overrides[key]
+        return overrides[key].value, overrides[key].display
     if key in run.choices:
         choice = run.choices[key]
         return choice, str(choice)
-    if run.config is not None:
+    if run.config is not None and not {"@", "/"} & set(key):  # config groups (and packages) live in the choices
         value = _config_value(run.config, key)
         if value is not _MISSING and not isinstance(value, dict):
             return value, json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
@@ -441,16 +741,11 @@ def group_conditions(runs: Sequence[RunRecord]) -> tuple[list[Condition], list[s
     Returns the conditions, sorted by their factor values, and the factors: override keys, in command-line order,
     whose values differ across conditions. Each run's ``condition`` is set.
     """
-    per_run: list[dict[str, str]] = []
+    per_run: list[dict[str, OverrideValue]] = []
     keys: list[str] = []
     for run in runs:
-        mapping: dict[str, str] = {}
-        for text in run.overrides:
-            key, value = _split_override(text)
-            if key and not _is_ignored(key):
-                mapping[key] = value
-                if key not in keys:
-                    keys.append(key)
+        mapping = {key: o for key, o in run.parsed_overrides().items() if not _is_ignored(o.key_or_group)}
+        keys += [key for key in mapping if key not in keys]
         per_run.append(mapping)
 
     groups: dict[tuple[str, ...], Condition] = {}
@@ -551,7 +846,16 @@ def _pm(row: Mapping[str, Any], stem: str, spec: str = ".3f") -> str:
     mean, sd = row.get(f"{stem}_mean"), row.get(f"{stem}_sd")
     if _finite(mean) is None:
         return "–"
-    return _fmt(mean, spec) if _finite(sd) is None else f"{_fmt(mean, spec)} ± {_fmt(sd, spec)}"
+    text = _fmt(mean, spec) if _finite(sd) is None else f"{_fmt(mean, spec)} ± {_fmt(sd, spec)}"
+    return text + _used(row, f"{stem}_n")
+
+
+def _used(row: Mapping[str, Any], count: str) -> str:
+    """`` (n=k)`` when a statistic used fewer runs than the row's ``n``, so no cell claims more runs than it used."""
+    used, total = row.get(count), row.get("n")
+    if isinstance(used, int) and isinstance(total, int) and used < total:
+        return f" (n={used})"
+    return ""
 
 
 def _col(key: str, spec: str = ".3f") -> Callable[[dict[str, Any]], str]:
@@ -593,30 +897,35 @@ def wsc_table(conditions: Sequence[Condition], factors: Sequence[str], tasks: Se
                 ("deconfounded_max_abs", lambda t: _get(t, "deconfounded", "max_abs")),
                 ("null_q95", lambda t: _get(t, "null", "q95")),
             ):
-                row[f"{stem}_mean"], row[f"{stem}_sd"], _ = _mean_sd(getter(t) for t in entries)
+                row[f"{stem}_mean"], row[f"{stem}_sd"], row[f"{stem}_n"] = _mean_sd(getter(t) for t in entries)
+            # significance and the median p over the runs whose p is usable: a missing p is neither yes nor no
             ps = [p for p in (_task_p(t) for t in entries) if p is not None]
+            row["p_n"] = len(ps)
             row["n_significant"] = sum(_significant(t, alpha) for t in entries)
             row["median_p"] = float(np.median(ps)) if ps else None
             row["n_interpretable"] = sum(t.get("interpretable") is not False for t in entries)
             rows.append(row)
-    columns = ["condition_id", "condition", *factors, "task", "n", "max_abs_mean", "max_abs_sd",
-               "unprojected_max_abs_mean", "unprojected_max_abs_sd", "n_significant", "median_p", "probe_auroc_mean",
-               "probe_auroc_sd", "deconfounded_max_abs_mean", "deconfounded_max_abs_sd", "null_q95_mean",
-               "null_q95_sd", "n_interpretable"]
+    columns = ["condition_id", "condition", *factors, "task", "n", "max_abs_mean", "max_abs_sd", "max_abs_n",
+               "unprojected_max_abs_mean", "unprojected_max_abs_sd", "unprojected_max_abs_n", "n_significant", "p_n",
+               "median_p", "probe_auroc_mean", "probe_auroc_sd", "probe_auroc_n", "deconfounded_max_abs_mean",
+               "deconfounded_max_abs_sd", "deconfounded_max_abs_n", "null_q95_mean", "null_q95_sd", "null_q95_n",
+               "n_interpretable"]
     display = [
         ("id", _text("condition_id")), ("condition", _text("condition")), ("task", _text("task")), ("n", _text("n")),
         ("max|WSC|", lambda r: _pm(r, "max_abs")),
         ("unprojected max|WSC|", lambda r: _pm(r, "unprojected_max_abs")),
-        (f"significant (p < {alpha:g})", lambda r: f"{r['n_significant']}/{r['n']}"),
-        ("median p", _col("median_p")), ("null q95", lambda r: _pm(r, "null_q95")),
+        (f"significant (p < {alpha:g})", lambda r: f"{r['n_significant']}/{r['p_n']}"),
+        ("median p", lambda r: "–" if r.get("median_p") is None else _fmt(r["median_p"]) + _used(r, "p_n")),
+        ("null q95", lambda r: _pm(r, "null_q95")),
         ("probe AUROC", lambda r: _pm(r, "probe_auroc")),
         ("deconfounded max|WSC|", lambda r: _pm(r, "deconfounded_max_abs")),
         ("interpretable", lambda r: f"{r['n_interpretable']}/{r['n']}"),
     ]
     return Table("wsc_by_condition", "WSC by condition",
-                 "One row per condition and metadata task, mean ± sd over seeds of the last analysed epoch. "
-                 f"Significant: permutation p < {alpha:g} on a task whose probe shows the embedding encodes it "
-                 "(interpretable).", columns, rows, display)
+                 "One row per condition and metadata task, mean ± sd over seeds of the last analysed epoch; n: runs "
+                 "with the task; a statistic computed from fewer runs (a value missing or unusable: see the notes) "
+                 f"says how many, as (n=k). Significant: permutation p < {alpha:g} on a task whose probe shows the "
+                 "embedding encodes it (interpretable), out of the runs with a p-value.", columns, rows, display)
 
 
 def _primary_accuracy(run: RunRecord) -> dict[str, Any]:
@@ -630,7 +939,8 @@ def _primary_accuracy(run: RunRecord) -> dict[str, Any]:
 
 def accuracy_table(conditions: Sequence[Condition], factors: Sequence[str]) -> Table:
     """``accuracy_by_condition``: one row per condition, the primary task's validation AUROC and balanced accuracy
-    at the last logged epoch of each run (metrics.csv), mean ± sd over seeds."""
+    at the last logged epoch of each run (metrics.csv), mean ± sd over seeds; a run without a value the condition's
+    other runs have is noted."""
     rows = []
     for condition in conditions:
         accuracy = [_primary_accuracy(run) for run in condition.runs]
@@ -638,17 +948,22 @@ def accuracy_table(conditions: Sequence[Condition], factors: Sequence[str]) -> T
                                **_factor_columns(condition, factors),
                                "primary": ", ".join(sorted({run.primary for run in condition.runs})),
                                "n": len(condition.runs)}
-        for stem in ("val_auroc", "val_balanced_accuracy"):
-            row[f"{stem}_mean"], row[f"{stem}_sd"], _ = _mean_sd(a[stem] for a in accuracy)
+        for stem, metric in (("val_auroc", "auroc"), ("val_balanced_accuracy", "balanced_accuracy")):
+            row[f"{stem}_mean"], row[f"{stem}_sd"], row[f"{stem}_n"] = _mean_sd(a[stem] for a in accuracy)
+            if 0 < row[f"{stem}_n"] < len(condition.runs):  # not logged by any run is a setting, not a gap
+                for run, values in zip(condition.runs, accuracy):
+                    if values[stem] is None:
+                        run.notes.append(f"no finite val/{run.primary}/{metric} in its {run.metrics_source}: left "
+                                         f"out of the accuracy table's {stem}")
         rows.append(row)
-    columns = ["condition_id", "condition", *factors, "primary", "n", "val_auroc_mean", "val_auroc_sd",
-               "val_balanced_accuracy_mean", "val_balanced_accuracy_sd"]
+    columns = ["condition_id", "condition", *factors, "primary", "n", "val_auroc_mean", "val_auroc_sd", "val_auroc_n",
+               "val_balanced_accuracy_mean", "val_balanced_accuracy_sd", "val_balanced_accuracy_n"]
     display = [("id", _text("condition_id")), ("condition", _text("condition")), ("primary", _text("primary")),
                ("n", _text("n")), ("val AUROC", lambda r: _pm(r, "val_auroc")),
                ("val balanced accuracy", lambda r: _pm(r, "val_balanced_accuracy"))]
     return Table("accuracy_by_condition", "Primary-task accuracy by condition",
                  "Validation AUROC and balanced accuracy of the primary task at each run's last logged epoch, "
-                 "mean ± sd over seeds.", columns, rows, display)
+                 "mean ± sd over seeds; (n=k): computed from k of the n runs (see the notes).", columns, rows, display)
 
 
 def runs_table(runs: Sequence[RunRecord], tasks: Sequence[str]) -> Table:
@@ -691,8 +1006,7 @@ def _k_sweep(run: RunRecord, tasks: Sequence[str]) -> dict[str, dict[Any, float 
     if not isinstance(sweep, Mapping):
         return None
     ks, values = sweep.get("k"), sweep.get("max_abs")
-    if not isinstance(ks, list) or not isinstance(values, Mapping):
-        run.notes.append("k_sweep present but malformed (expected {'k': [...], 'max_abs': {task: [...]}}): ignored")
+    if not isinstance(ks, list) or not isinstance(values, Mapping):  # noted by _check_summary
         return None
     out: dict[str, dict[Any, float | None]] = {}
     for name in tasks:
@@ -700,7 +1014,8 @@ def _k_sweep(run: RunRecord, tasks: Sequence[str]) -> dict[str, dict[Any, float 
         if not isinstance(series, list):
             continue
         if len(series) != len(ks):
-            run.notes.append(f"k_sweep of task {name!r}: {len(series)} values for {len(ks)} k: ignored")
+            run.notes.append(f"{run.path / SUMMARY_PATH}: field k_sweep.max_abs.{name} has {len(series)} values for "
+                             f"{len(ks)} k: left out of the k sweep; {_FIX_SUMMARY}")
             continue
         out[name] = {int(k) if _is_number(k) else k: _finite(v) for k, v in zip(ks, series)}
         out[name]["none"] = _finite(_get(run.tasks.get(name), "unprojected", "max_abs"))
@@ -819,6 +1134,8 @@ def mean_heatmap_tasks(condition: Condition, tasks: Sequence[str], alpha: float)
         entries = [(run, run.tasks[name]) for run in condition.runs if name in run.tasks]
         matrices, cols_seen, used = [], [], []
         for run, task in entries:
+            if task.get("matrix") is None:  # cleared by _check_summary, which noted why
+                continue
             rows = [str(r) for r in task.get("rows") or []]
             try:
                 matrix = np.asarray(task.get("matrix"), dtype=float)
@@ -937,7 +1254,9 @@ def history_condition_figure(condition: Condition, tasks: Sequence[str], alpha: 
                 ax.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
         else:
             ax.text(0.5, 0.5, "no history", transform=ax.transAxes, ha="center", va="center", color="0.5")
-        ax.set_title(name)
+        used = sum(any(v is not None for v in s.values()) for s in series("max_abs"))
+        # a run without this task's history (absent, or left out: see the notes) is not in the curve
+        ax.set_title(name if used == len(condition.runs) else f"{name} ({used} of {_seeds(len(condition.runs))})")
     axes_wsc[0].legend(handles=[
         mpl.patches.Patch(color="0.6", alpha=0.3, label="null q05–q95"),
         mpl.lines.Line2D([], [], color="0.3", marker="o", markersize=3.5, label="max|cos| (± sd shaded)"),
@@ -1152,8 +1471,8 @@ def table_markdown(table: Table) -> str:
 
 
 def _is_numeric_cell(text: str) -> bool:
-    """Right-align numbers, ``mean ± sd``, ``value (p)``, ``k/n`` and the missing-value dash."""
-    return bool(re.fullmatch(r"[\d.eE+\-–± ()/]+", text)) and (any(ch.isdigit() for ch in text) or text == "–")
+    """Right-align numbers, ``mean ± sd``, ``value (p)``, ``(n=k)``, ``k/n`` and the missing-value dash."""
+    return bool(re.fullmatch(r"[\d.eE+\-–± ()/n=]+", text)) and (any(ch.isdigit() for ch in text) or text == "–")
 
 
 def table_html(table: Table) -> str:
@@ -1214,7 +1533,8 @@ def _render_html(result: ReportResult, figures: Sequence[_Figure], alpha: float,
     else:
         parts.append("<p>None.</p>")
     if notes:
-        parts.append("<h2>Notes</h2><ul class=\"notes\">")
+        parts.append("<h2>Notes</h2><p>Values or runs left out of the statistics, and missing files:</p>"
+                     "<ul class=\"notes\">")
         parts += [f"<li>{e(n)}</li>" for n in notes]
         parts.append("</ul>")
     parts.append("<h2>Tables</h2>")
@@ -1346,12 +1666,16 @@ def build_report(root: str | os.PathLike[str], out_dir: str | os.PathLike[str] |
 
 
 def format_result(result: ReportResult) -> str:
-    """The few lines ``wsca-report`` prints: what was read, what was skipped and why, where the report is."""
+    """The few lines ``wsca-report`` prints: what was read, what was skipped and why, what was left out of the
+    statistics (the notes, as on the page), where the report is."""
     lines = [f"Read {len(result.runs)} runs in {len(result.conditions)} conditions from {result.root}"
              + (f" (factors: {', '.join(result.factors)})" if result.factors else "")]
     if result.skipped:
         lines.append(f"Skipped {len(result.skipped)}:")
         lines += [f"  {s.path}: {s.reason}" for s in result.skipped]
+    if result.notes:
+        lines.append(f"Notes ({len(result.notes)}: values or runs left out, missing files; also in report.html):")
+        lines += [f"  - {note}" for note in result.notes]
     lines.append(f"Report: {result.html} ({len(result.figures)} figures in {result.out_dir / 'figures'}, "
                  f"{len(result.tables)} tables in {result.out_dir / 'tables'})")
     return "\n".join(lines)

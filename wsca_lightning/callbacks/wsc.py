@@ -570,7 +570,9 @@ class WeightSpaceCorrelation(Callback):
         self.check_module(pl_module)
         protocol = getattr(self.reader(pl_module), "wsc_protocol", None)
         self._module_protocol = None if protocol is None else str(protocol)
-        self._resolved_dir = self.output_dir(trainer)
+        # every rank writes (or logs) under rank 0's directory, as ModelCheckpoint agrees its dirpath
+        self._resolved_dir = trainer.strategy.broadcast(self.output_dir(trainer), src=0)
+        run_on_rank_zero(trainer, lambda: self.check_output_paths(self._directory), "checking the output directory")
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
                 rank_zero_warn(
@@ -1045,6 +1047,29 @@ class WeightSpaceCorrelation(Callback):
     def output_dir(self, trainer: L.Trainer) -> str:
         """Where this callback writes for ``trainer``: ``dirpath``, or ``<trainer.default_root_dir>/wsc``."""
         return self.dirpath or os.path.join(trainer.default_root_dir, "wsc")
+
+    @staticmethod
+    def check_output_paths(directory: str) -> None:
+        """Refuse before training (at setup, and in ``wsca-train`` before the data is built) what would fail at the
+        first epoch end, after that epoch trained but before its checkpoint: an output path taken by the wrong kind
+        of entry, or a directory that cannot be written."""
+        problems = []
+        for name in ("", "heatmaps"):
+            path = os.path.join(directory, name)
+            if os.path.exists(path) and not os.path.isdir(path):
+                problems.append(f"{path} is a file where the WSC callback writes a directory")
+        for name in (SUMMARY_FILENAME, TABLE_FILENAME, HEATMAP_FILENAME, OVER_EPOCHS_FILENAME):
+            path = os.path.join(directory, name)
+            if os.path.exists(path) and not os.path.isfile(path):
+                problems.append(f"{path} is a directory where the WSC callback writes a file")
+        existing = os.path.abspath(directory)
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"{existing} is not writable, so {directory} cannot be written")
+        if problems:
+            raise ValueError("dirpath: " + "; ".join(problems) + ": remove or rename them, or set dirpath to "
+                             "another directory")
 
     @property
     def _directory(self) -> str:

@@ -15,8 +15,11 @@ from wsca_lightning.report import ReportError, build_report, format_result
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="wsca-report",
-        description="Compare the WSC results of wsca-train runs: groups runs by their overrides (seeds are "
-                    "replicates) and writes report.html, figures/*.png and tables/*.{csv,md}.",
+        description="Compare the WSC results of wsca-train runs: groups runs by their overrides (read as Hydra reads "
+                    "them; seeds are replicates) and writes report.html, figures/*.png and tables/*.{csv,md}. Runs "
+                    "that cannot be read are skipped, and values that cannot be used (NaN, a string where a number "
+                    "belongs, ...) are left out; both are listed with the file and field, and every statistic "
+                    "gives the number of runs it used.",
     )
     parser.add_argument("dir", help="a run directory, a multirun directory, or a directory of multiruns "
                                     "(every subdirectory holding wsc/wsc_summary.json is a run)")

@@ -24,7 +24,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
+from wsca_lightning.cli.run_directory import (
+    RunDirectoryError,
+    SetAsideSupersededRows,
+    claim_run_directory,
+    release_run_directory,
+)
 from wsca_lightning.summary import SUMMARY_FILENAME, format_summary
+from wsca_lightning.threads import TorchThreads
 
 CONFIG_PATH = "pkg://wsca_lightning.conf"
 
@@ -73,9 +80,22 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     """Train the configured model; returns the WSC summary (``{}`` without a WSC callback), its path and the last
     logged metrics. ``extra_callbacks`` are added after the configured ones.
 
-    Everything is built and cross-checked before the first training step, so a bad config fails in seconds.
+    Everything is built and cross-checked before the first training step, so a bad config fails in seconds; the
+    run directory is claimed first (:mod:`wsca_lightning.cli.run_directory`: one run at a time, reused only for a
+    resume or with ``overwrite=true``, never inside ``data.root``).
     """
     check_launch(cfg)
+    try:
+        claim_run_directory(cfg, cfg.paths.output_dir)
+    except RunDirectoryError as err:
+        raise ConfigError(str(err)) from err
+    try:
+        return _train_in_claimed_directory(cfg, extra_callbacks)
+    finally:
+        release_run_directory(cfg.paths.output_dir)
+
+
+def _train_in_claimed_directory(cfg: DictConfig, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(cfg, "data")
     try:
@@ -94,11 +114,19 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         if isinstance(callback, WeightSpaceCorrelation):
             try:
                 callback.check_module(model)
+                if callback.dirpath:
+                    callback.check_output_paths(callback.dirpath)
             except ValueError as err:
                 raise ConfigError(f"callbacks.{name}.{err}") from err
     loggers = list(instantiate_group(cfg, "logger").values())
-    trainer = instantiate_node(cfg, "trainer", callbacks=[*callbacks.values(), *extra_callbacks],
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:  # read here, in the process that starts the ranks: the user's OMP_NUM_THREADS, not Lightning's
+        threads = TorchThreads(cfg.get("torch_threads"), launcher=HydraConfig.get().launcher if multirun else None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    trainer = instantiate_node(cfg, "trainer", callbacks=[threads, SetAsideSupersededRows(), *callbacks.values(), *extra_callbacks],
                                logger=loggers or False)
+    threads.apply(trainer)  # logged here, where Hydra writes the run's log, also when ddp_spawn trains in children
     fit_start = time.time()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

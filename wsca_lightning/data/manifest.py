@@ -22,6 +22,7 @@ import math
 import operator
 import os
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ __all__ = [
     "problem_line",
     "read_grayscale",
     "read_manifest",
+    "single_class_val_problem",
+    "spelling_problem",
     "validate_manifest",
 ]
 
@@ -238,6 +241,9 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
                              f"{os.getcwd()!r})"])
     with open(file, "rb") as f:
         raw = f.read()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode Text": every other byte is NUL
+        raise ManifestError([problem_line(file, "UTF-16 text, not UTF-8", "save the spreadsheet as 'CSV UTF-8'",
+                                          lines=[1])])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -247,6 +253,10 @@ def read_manifest(path: str | os.PathLike, delimiter: str | None = None) -> Mani
     if not text.strip():
         raise ManifestError([f"{file}: the file is empty: it needs a header line naming the columns, then one row "
                              "per image"])
+    if "\x00" in text:  # no spreadsheet writes NUL into a CSV; it would reach file paths and crash there
+        nul = [k + 1 for k, line in enumerate(text.split("\n")) if "\x00" in line]
+        raise ManifestError([problem_line(file, "NUL characters in the text (UTF-16 without a BOM, or not a CSV at "
+                                                "all?)", "save the spreadsheet as 'CSV UTF-8'", lines=nul)])
     first = text.splitlines()[0]
     if not first.strip():
         raise ManifestError([problem_line(file, "no header (line 1 is blank)",
@@ -366,7 +376,46 @@ def parse_float(cell: str) -> float | None:
 def _natural_key(value: str) -> tuple:
     """Sort key putting ``'2'`` before ``'10'`` and ``'site2'`` before ``'site10'``."""
     parts = re.split(r"(\d+)", value)
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts if p), value
+    # isdecimal, not isdigit: '²' is a digit that int() refuses, and it must not crash the sort
+    return tuple((0, int(p), "") if p.isdecimal() else (1, 0, p.lower()) for p in parts if p), value
+
+
+def _spelling(value: str) -> str:
+    """A class value with case, Unicode width and spacing folded and invisible characters (zero-width space, a stray
+    BOM) dropped: ``'Malignant'``, ``'MALIGNANT'`` and ``'malignant\\u200b'`` all fold to ``'malignant'``."""
+    folded = unicodedata.normalize("NFKC", value)
+    folded = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return " ".join(folded.casefold().split())
+
+
+def spelling_problem(table: ManifestTable, column: str, *, role: str, classes_key: str = "classes",
+                     rows: Sequence[int] | None = None) -> str | None:
+    """The problem line when one class of ``column`` is written several ways (``'Malignant'`` beside
+    ``'malignant'``), else ``None``: each spelling would silently become a class of its own.
+
+    Each clash lists its spellings, the most frequent first, with their lines. ``rows`` (0-based) limits the check
+    to those rows; ``classes_key`` is the config key that fixes the label space (``target.classes``).
+    """
+    cells = table.column(column)
+    indices = range(len(cells)) if rows is None else rows
+    spellings: dict[str, dict[str, list[int]]] = {}
+    for i in indices:
+        if cells[i]:
+            spellings.setdefault(_spelling(cells[i]), {}).setdefault(cells[i], []).append(table.line_numbers[i])
+    clashes = [sorted(found.items(), key=lambda item: (-len(item[1]), item[1][0]))
+               for found in spellings.values() if len(found) > 1]
+    if not clashes:
+        return None
+    clashes.sort(key=lambda clash: clash[0][1][0])  # in file order
+    described = _capped([" vs ".join(f"{value!r} ({_lines(lines)})" for value, lines in clash) for clash in clashes],
+                        separator="; ")
+    example = clashes[0][0][0]
+    return problem_line(
+        table.path, f"{role}: the same class written in different ways (case, spacing or invisible characters): "
+                    f"{described}", column=column,
+        todo=f"each spelling would become a class of its own; write every class one way in the table (e.g. "
+             f"{example!r} everywhere), or list the classes explicitly with {classes_key} (rows with another "
+             "spelling then count as outside the classes)")
 
 
 def validate_manifest(
@@ -387,9 +436,10 @@ def validate_manifest(
     Each line reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
     ``root``, exist, are not repeated and (``check_images``) decode (:func:`read_grayscale`); target cells are
-    present and give a binary/categorical label space; continuous metadata parse as numbers (empty = missing); no
-    metadata column is empty or constant; split cells (after ``split_values``) are train/val/test; group cells are
-    present and no group spans two splits. Only reads files.
+    present and give a binary/categorical label space (each class spelled one way, at least 2 classes in a val
+    split); continuous metadata parse as numbers (empty = missing); no metadata column is empty or constant or
+    spells a class two ways; split cells (after ``split_values``) are train/val/test; group cells are present and no
+    group spans two splits. Only reads files.
     """
     file = table.path
     problems: list[str] = []
@@ -513,7 +563,8 @@ def validate_manifest(
 
     # --- target
     if has(target.column):
-        problems += _check_labels(table, target, target.column, is_target=True, splits=splits)
+        problems += _check_labels(table, target, target.column, is_target=True, splits=splits,
+                                  split_column=split_column)
 
     # --- metadata
     for name, spec in metadata.items():
@@ -554,53 +605,118 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` suffix, or the 128-byte preamble then ``DICM``."""
+class MultiFrameError(ValueError):
+    """An image file holding several frames (a TIFF stack, a multi-frame DICOM): which frame to train on is the
+    user's decision, so the file is refused instead of silently cut to its first frame."""
+
+    def __init__(self, frames: int, kind: str) -> None:
+        self.frames = int(frames)
+        super().__init__(f"multi-frame {kind} with {self.frames} frames: only single-frame images are used; save "
+                         "the frame to use as its own file and list that")
+
+
+def is_dicom(path: str | os.PathLike, data: bytes | None = None) -> bool:
+    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` suffix, or the 128-byte preamble then ``DICM`` (looked
+    for in ``data``, the file's bytes, when given; else read from the file)."""
     if str(path).lower().endswith(DICOM_SUFFIXES):
         return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(132)
+        except OSError:
+            return False
+    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def _read_dicom(path: str) -> torch.Tensor:
-    """A ``(1, H, W)`` float32 image in [0, 1] from a DICOM file (first frame; see :func:`read_grayscale`)."""
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: elements that mean "absent" when present but empty (pydicom's LUT functions would fail on their None)
+_OPTIONAL_DICOM = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's convert("L")
+
+
+def _lut_range(item: Any) -> tuple[float, float]:
+    """Output range of a Modality / VOI LUT Sequence item: 0 .. 2**bits - 1, ``bits`` being the third value of its
+    LUT Descriptor (PS3.3 C.11.1.1.1, C.11.2.1.1)."""
+    return 0.0, float(2 ** int(item.LUTDescriptor[2]) - 1)
+
+
+def _voi_range(ds: Any) -> tuple[float, float] | None:
+    """Output range of the VOI transform :func:`pydicom.pixels.apply_voi_lut` applies to ``ds`` (like it: a VOI LUT
+    Sequence before windowing), ``None`` when it applies none."""
+    from pydicom.pixels import apply_windowing
+
+    sequence = ds.get("VOILUTSequence")
+    if sequence and None not in (sequence[0].get("LUTDescriptor"), sequence[0].get("LUTData")):
+        return _lut_range(sequence[0])
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        # a window sends everything below it to its lowest output and everything above to its highest: where pydicom
+        # sends -inf and +inf is its own output range (which depends on BitsStored, signedness, rescale, a modality
+        # LUT), without a second copy of that rule here; the order is kept, so a negative slope still maps right
+        with np.errstate(over="ignore"):
+            low, high = apply_windowing(np.array([-np.inf, np.inf]), ds)
+        return float(low), float(high)
+    return None
+
+
+def _extent(values: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of ``values`` as floats (``(inf, -inf)`` when empty)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.min(initial=np.inf)), float(values.max(initial=-np.inf))
+
+
+def _whole_numbers_as_int(values: np.ndarray) -> np.ndarray:
+    """Float values that are all whole numbers as int64 (lossless): a VOI LUT indexes with them, and pydicom warns
+    on every float input (a rescaled CT in Hounsfield units is float but whole)."""
+    if (np.issubdtype(values.dtype, np.floating) and bool(np.isfinite(values).all())
+            and np.array_equal(values, np.rint(values))):
+        return values.astype(np.int64)
+    return values
+
+
+def _read_dicom(path: str, data: bytes | None = None) -> torch.Tensor:
+    """A ``(1, H, W)`` float32 image in [0, 1] from a single-frame DICOM file (``data``: its bytes, when already
+    read); the intensity mapping is documented in :func:`read_grayscale`."""
     pydicom = _pydicom()
-    ds = pydicom.dcmread(path)
-    if hasattr(ds, "pixel_array_options"):  # pydicom 3: keep YBR as stored (pydicom 2 never converts)
-        ds.pixel_array_options(as_rgb=False)
-    pixels = np.asarray(ds.pixel_array)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
-        pixels = pixels[0]
+    if frames > 1:
+        raise MultiFrameError(frames, "DICOM")  # checked before pixel_array decodes every frame
+    for keyword in _OPTIONAL_DICOM:
+        if keyword in ds and ds[keyword].value in (None, "", []):
+            del ds[keyword]
+    ds.pixel_array_options(as_rgb=False)  # keep YBR as stored: its Y is the luminance
+    pixels = np.asarray(ds.pixel_array)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    pixels = pixels.astype(np.float64)
-    if samples > 1 and pixels.ndim == 3:
-        if photometric.startswith("YBR"):
-            pixels = pixels[..., 0]  # Y is the luminance
+    bits = int(ds.get("BitsStored", 0) or 0)
+    float_data = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+    values: np.ndarray
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1 and pixels.ndim == 3:
+        # colour: the Modality and VOI LUTs are grayscale transforms in the standard
+        values = pixels[..., 0].astype(np.float64) if photometric.startswith("YBR") else pixels[..., :3] @ _LUMA
+        low, high = (0.0, float(2 ** bits - 1)) if bits and not float_data else _extent(values)
+    else:
+        values = apply_modality_lut(pixels, ds)
+        window = _voi_range(ds) if photometric in _MONOCHROME else None
+        rescaled = ("RescaleSlope" in ds and "RescaleIntercept" in ds
+                    and (float(ds.RescaleSlope) != 1.0 or float(ds.RescaleIntercept) != 0.0))
+        signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+        if window is not None:
+            values = apply_voi_lut(_whole_numbers_as_int(values), ds)
+            low, high = window
+        elif ds.get("ModalityLUTSequence"):
+            low, high = _lut_range(ds.ModalityLUTSequence[0])
+        elif rescaled or signed or float_data or not bits:
+            # no meaningful nominal range (a rescaled or signed 16-bit range would leave the image a thin band)
+            low, high = _extent(values)
         else:
-            pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
-    slope = ds.get("RescaleSlope", None)
-    intercept = ds.get("RescaleIntercept", None)
-    slope = 1.0 if slope in (None, "") else float(slope)
-    intercept = 0.0 if intercept in (None, "") else float(intercept)
-    rescaled = slope != 1.0 or intercept != 0.0
-    if rescaled:
-        pixels = pixels * slope + intercept
-    bits = ds.get("BitsStored", None)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    if not rescaled and not signed and bits and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        low, high = 0.0, float(2 ** int(bits) - 1)
+            low, high = 0.0, float(2 ** bits - 1)
+    if high == low:
+        pixels = np.zeros(values.shape)
     else:
-        low, high = float(pixels.min(initial=np.inf)), float(pixels.max(initial=-np.inf))
-    if not high > low:
-        pixels = np.zeros_like(pixels)
-    else:
-        pixels = np.clip((pixels - low) / (high - low), 0.0, 1.0)
+        pixels = np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0)
@@ -680,44 +796,133 @@ def add_dicom_columns(table: ManifestTable, dicom_columns: Mapping[str, str], *,
                          line_numbers=table.line_numbers), []
 
 
-def read_grayscale(path: str) -> torch.Tensor:
-    """A ``(1, H, W)`` float32 image in [0, 1] from a PNG/JPEG/TIFF file: 8-bit, 16-bit or 32-bit-float grayscale,
-    or colour converted to luminance; or from a DICOM file (``.dcm``/``.dicom`` or the ``DICM`` magic; needs the
-    optional ``dicom`` extra, pydicom): the first frame, RescaleSlope/Intercept applied, MONOCHROME1 inverted,
-    colour to luminance, scaled by the BitsStored range (unsigned, not rescaled) or else the image's min/max.
+_UNSIGNED_16 = ("I;16", "I;16L", "I;16B", "I;16N")  # Pillow's unsigned 16-bit grayscale modes
 
-    Pillow (a torchvision dependency) decodes the others: it reads 16-bit and TIFF files, which torchvision's own
-    decoders (deprecated since torchvision 0.29) do not all cover.
+
+def _own_range(values: np.ndarray) -> np.ndarray:
+    """``values`` mapped to [0, 1] by their own min and max (all zeros when constant)."""
+    low, high = _extent(values)
+    return np.zeros_like(values) if not high > low else (values - low) / (high - low)
+
+
+def read_grayscale(path: str, data: bytes | None = None) -> torch.Tensor:
+    """A ``(1, H, W)`` float32 image in [0, 1] from a single-frame image file. ``data``: the file's bytes when the
+    caller has read them already (they are decoded instead of reading the file a second time).
+
+    PNG, JPEG, TIFF, BMP, ... are decoded by Pillow (a torchvision dependency; it reads 16-bit and TIFF files, which
+    torchvision's own decoders, deprecated since 0.29, do not all cover):
+
+    * 8-bit grayscale: / 255; colour: luminance (ITU-R 601) / 255;
+    * unsigned 16-bit: / 65535, the dtype's range;
+    * signed 16-bit and 32-bit integer (Pillow mode ``I``; CT/MR exports): the image's own min -> 0, max -> 1 (a
+      constant image -> 0). Their values are whatever the exporter chose (Hounsfield units, raw counts) and fill a
+      small, arbitrary part of the dtype's range: scaled by int16's range a CT slice would use about 6 % of [0, 1];
+    * 32-bit float: taken as already in [0, 1] and clipped to it.
+
+    DICOM (``.dcm``/``.dicom`` or the ``DICM`` magic; needs the optional ``dicom`` extra, pydicom) follows the
+    standard's grayscale pipeline with pydicom's own functions:
+
+    1. modality transform, :func:`pydicom.pixels.apply_modality_lut`: the Modality LUT Sequence, else RescaleSlope
+       and RescaleIntercept;
+    2. VOI transform, :func:`pydicom.pixels.apply_voi_lut` (first view): the VOI LUT Sequence, else WindowCenter /
+       WindowWidth with the VOILUTFunction (LINEAR, LINEAR_EXACT, SIGMOID);
+    3. to [0, 1] by the output range of the last transform applied: after a VOI LUT 0 .. 2**bits - 1 (its LUT
+       Descriptor), after windowing the window's output range as pydicom defines it (below the window -> 0, above
+       -> 1); without a VOI transform, the modality output's range: a Modality LUT's 0 .. 2**bits - 1, else the
+       image's own min/max for rescaled, signed or float data, else (unsigned integers as stored)
+       0 .. 2**BitsStored - 1;
+    4. MONOCHROME1 inverted (``1 - x``), so that high means bright for every file.
+
+    Colour DICOM (RGB: luminance; YBR: its Y) skips steps 1-2 (grayscale transforms in the standard) and is scaled by
+    0 .. 2**BitsStored - 1.
+
+    Multi-frame files (TIFF/GIF/PNG stacks, DICOM with NumberOfFrames > 1) raise :class:`MultiFrameError` naming
+    the frame count: which frame to train on is the user's call. An MPO file (a camera JPEG with previews) is read as
+    its first, primary image.
     """
-    if is_dicom(path):
-        return _read_dicom(path)
-    from PIL import Image
+    if data is None:
+        with open(path, "rb") as f:
+            data = f.read()
+    if is_dicom(path, data):
+        return _read_dicom(path, data)
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("not an image format Pillow can read (PNG, JPEG, TIFF, BMP, ...); a DICOM file needs a "
+                         ".dcm suffix or the DICM preamble") from None
+    with image as im:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1 and im.format != "MPO":
+            raise MultiFrameError(frames, f"{im.format or 'image'} file")
         im.load()
-        if im.mode.startswith("I;16") or im.mode == "I":
-            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
-            top = 65535.0 if im.mode.startswith("I;16") or float(pixels.max(initial=0.0)) <= 65535 else 2.0**32 - 1
-            pixels = pixels / top
+        if im.mode in _UNSIGNED_16:
+            pixels = np.asarray(im, dtype=np.float32) / 65535.0
+        elif im.mode == "I" or im.mode.startswith("I;"):
+            pixels = _own_range(np.asarray(im, dtype=np.float64))
         elif im.mode == "F":
-            pixels = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).clamp(0.0, 1.0)
+            pixels = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
         else:
-            pixels = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32).copy()) / 255.0
-    return pixels.unsqueeze(0)
+            pixels = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What reading one image file once found (:func:`check_image`)."""
+
+    digest: str | None  # SHA-256 of the file's bytes; None when the file cannot be read
+    error: str | None  # why it cannot be decoded, one line; None when it decodes
+    frames: int = 1  # > 1: a multi-frame file (refused; ``error`` says so)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), capped at 160 characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+
+
+def check_image(path: str) -> ImageCheck:
+    """Read ``path`` once, hash its bytes (the same image under two names is found by its digest) and decode them as
+    the training loader would (:func:`read_grayscale`)."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return ImageCheck(None, one_line(e))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        read_grayscale(path, data)
+    except MultiFrameError as e:
+        return ImageCheck(digest, one_line(e), e.frames)
+    except Exception as e:  # noqa: BLE001 -- any failure means the loader would fail on this file
+        return ImageCheck(digest, one_line(e))
+    return ImageCheck(digest, None)
 
 
 def _decode_error(path: str) -> str | None:
     """Why the image at ``path`` cannot be read (``None`` if it can)."""
-    try:
-        read_grayscale(path)
-    except Exception as e:  # noqa: BLE001 -- any failure means the loader would fail on this file
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    return None
+    return check_image(path).error
+
+
+def _fit_edges(values: torch.Tensor, spec: ColumnSpec) -> torch.Tensor:
+    """:func:`fit_bin_edges` for a continuous head, also refusing edges that do not bin: a span beyond float range
+    (-1e308 .. 1e308) or below its resolution gives inf/nan or repeated edges, which would put every value in one
+    bin without a word. Raises ``ValueError`` with the reason."""
+    edges = fit_bin_edges(values, spec.num_bins, spec.binning)  # type: ignore[arg-type]
+    if not (bool(torch.isfinite(edges).all()) and bool((edges[1:] > edges[:-1]).all())):
+        finite = values[torch.isfinite(values)]
+        raise ValueError(f"values {float(finite.min()):g} .. {float(finite.max()):g} give unusable bin edges "
+                         f"{edges.tolist()}")
+    return edges
 
 
 def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_target: bool,
-                  splits: list[str | None] | None, head: str = "target") -> list[str]:
-    """Problems of one head's column: unparsable/missing cells and a degenerate label space."""
+                  splits: list[str | None] | None, head: str = "target", split_column: str | None = None) -> list[str]:
+    """Problems of one head's column: unparsable/missing cells, one class spelled several ways and a degenerate
+    label space (no value, a single class -- for the target also a single class in the val split)."""
     file = table.path
     lines = table.line_numbers
     cells = table.column(column)
@@ -747,18 +952,36 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
             problems.append(problem_line(
                 file, f"{role}: fewer than 2 distinct values in the train split", column=column,
                 todo="bin edges are fitted on train rows; drop this head or change the split"))
+        else:  # fit the edges now, as encode_labels will, so that a passing table also encodes
+            fit = [v for c, s in zip(cells, splits or [None] * len(cells))  # with repeats: quantiles count them
+                   if c and (train is None or s == "train") and (v := parse_float(c)) is not None]
+            try:
+                _fit_edges(torch.tensor(fit, dtype=torch.float64), spec)
+            except ValueError as e:
+                where = "" if train is None else " train"
+                problems.append(problem_line(
+                    file, f"{role}: cannot bin the{where} values ({e})", column=column,
+                    todo="use fewer bins, binning: equal_width, or rescale the column; or drop this head"))
         return problems
 
     # binary / categorical: any non-empty string is a class
     missing = [ln for ln, c in zip(lines, cells) if not c]
     if is_target and missing:
         problems.append(problem_line(file, "target missing", "fill in the label or remove the row", missing, column))
+    if spec.classes is None:
+        spelled = spelling_problem(table, column, role=role, classes_key=f"{head}.classes")
+        if spelled is not None:  # the class counts below would count the spellings: report only this
+            return [*problems, spelled]
     if spec.classes is not None:
         outside = [(ln, c) for ln, c in zip(lines, cells) if c and c not in spec.classes]
         if is_target and outside:
+            folded = {_spelling(k): k for k in spec.classes}
+            respelled = sorted({f"{c!r} is {folded[_spelling(c)]!r} spelled differently" for _, c in outside
+                                if _spelling(c) in folded})
             problems.append(problem_line(
                 file, f"target value(s) {_values(sorted({c for _, c in outside}, key=_natural_key))} not in "
-                      f"classes {list(spec.classes)}", lines=[ln for ln, _ in outside], column=column,
+                      f"classes {list(spec.classes)}" + (f" ({_capped(respelled)})" if respelled else ""),
+                lines=[ln for ln, _ in outside], column=column,
                 todo="fix the labels, add the value to classes, or remove the rows"))
         kept = [c if c in spec.classes else "" for c in cells]
     else:
@@ -786,7 +1009,34 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
                       "in the train split", lines=[ln for ln, _ in unseen], column=column,
                 todo="the class vocabulary comes from train rows; move such rows to train or list all classes in "
                 "target.classes"))
+    if is_target and splits is not None and len(present) >= 2:
+        where = f" (split column {split_column!r})" if split_column is not None else ""
+        single = single_class_val_problem(
+            table, column, splits, classes=spec.classes,
+            todo=f"mark rows of other classes val too{where}, or mark no row val and set val_fraction to carve a "
+                 "stratified val split from train")
+        if single is not None:
+            problems.append(single)
     return problems
+
+
+def single_class_val_problem(table: ManifestTable, column: str, splits: Sequence[str | None], *,
+                             classes: Sequence[str] | None = None, todo: str) -> str | None:
+    """The problem line when the val rows (``splits[i] == "val"``) hold a single class of the target ``column``
+    (values outside ``classes``, when given, do not count), else ``None``.
+
+    Like a single-class column, a single-class val split is refused before training: its AUROC is nan, so model
+    selection on it is blind. ``todo`` says how to fix the split (it depends on where the split came from).
+    """
+    cells = table.column(column)
+    val = [(ln, c) for ln, c, s in zip(table.line_numbers, cells, splits)
+           if c and s == "val" and (classes is None or c in classes)]
+    present = {c for _, c in val}
+    if len(present) != 1:
+        return None
+    return problem_line(table.path, f"target: a single class {next(iter(present))!r} in the val split",
+                        column=column, lines=[ln for ln, _ in val],
+                        todo=f"validation needs at least 2 classes (with one, val AUROC is nan); {todo}")
 
 
 # --------------------------------------------------------------------------------------------------------- encoding
@@ -824,10 +1074,10 @@ def encode_labels(
                                           unparsable, spec.column))
         tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         try:
-            edges = fit_bin_edges(tensor[fit], spec.num_bins, spec.binning)  # type: ignore[arg-type]
+            edges = _fit_edges(tensor[fit], spec)
         except ValueError as e:
             raise ValueError(problem_line(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
-                                          todo="drop this head or use fewer bins")) from None
+                                          todo="drop this head, use fewer bins or rescale the column")) from None
         labels = [int(x) for x in digitize(tensor, edges)]
         task = TaskSpec(name=name, kind="continuous", class_names=tuple(bin_names(edges)),
                         bin_edges=tuple(float(e) for e in edges))
@@ -840,6 +1090,9 @@ def encode_labels(
     if spec.classes is not None:
         vocabulary = tuple(spec.classes)
     else:
+        spelled = spelling_problem(table, spec.column, role=name)
+        if spelled is not None:  # 'Malignant' beside 'malignant' would silently be two classes
+            raise ValueError(spelled)
         vocabulary = tuple(sorted({cells[i] for i in fit if cells[i]}, key=_natural_key))
     try:
         task = TaskSpec(name=name, kind=spec.type, class_names=vocabulary)  # type: ignore[arg-type]

@@ -36,14 +36,18 @@ from wsca_lightning.data.manifest import (
     ColumnSpec,
     ManifestError,
     ManifestTable,
+    _capped,
     add_dicom_columns,
+    check_image,
     column_problem,
     is_inside,
     parse_float,
     problem_line,
+    single_class_val_problem,
     encode_labels,
     image_path,
     is_dicom,
+    one_line,
     parse_splits,
     read_grayscale,
     read_manifest,
@@ -61,7 +65,7 @@ from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.tasks import TaskSpec
 
-__all__ = ["ManifestDataModule", "ManifestImageDataset", "load_image"]
+__all__ = ["ImageLoadError", "ManifestDataModule", "ManifestImageDataset", "load_image"]
 
 DEFAULT_TARGET: dict[str, Any] = {"column": "label", "type": "categorical"}
 _GAMMA_RANGE = (0.8, 1.25)
@@ -70,7 +74,7 @@ _SEGMENTATION_KEYS: tuple[str, ...] = ("column", "num_maps", "pattern")
 ON_DEGENERATE: tuple[str, ...] = ("error", "drop")
 #: validator wording of a degenerate metadata column (see ``manifest._check_labels``)
 _DEGENERATE = ("the column has no values", "a single class", "every value is ", "fewer than 2 distinct values",
-               "binary needs exactly 2 classes")
+               "binary needs exactly 2 classes", "cannot bin the")
 
 
 def _bad_name(name: object) -> bool:
@@ -122,6 +126,11 @@ def segmentation_source(root: str, cell: str, pattern: str, num_maps: int) -> st
     return os.path.realpath(os.path.join(root, relative))
 
 
+class ImageLoadError(RuntimeError):
+    """An image (or segmentation) file that fails to load during training; the message names the file, its manifest
+    line and column."""
+
+
 class ManifestImageDataset(Dataset):
     """Images of some manifest rows with one label per task; items are ``{"image", "targets", "id", "index"}``
     like the synthetic dataset's (labels are 0-dim int64 tensors, ``-1`` = missing).
@@ -132,12 +141,17 @@ class ManifestImageDataset(Dataset):
     ``[x, y]`` for two columns; each plane holds the spacing after resizing, ``x * W_orig / W`` and
     ``y * H_orig / H``; a single column is treated as x). Augmentation: flip and rotation are applied jointly to the
     image and the maps; brightness/contrast/gamma and normalisation to the image only; spacing planes never.
+
+    A file that cannot be loaded raises :class:`ImageLoadError` (:class:`FileNotFoundError` when it is gone) naming
+    the path and, given ``manifest`` and ``lines`` (each row's line in it), the manifest line and column.
     """
 
     def __init__(self, paths: Sequence[str], ids: Sequence[str], targets: Mapping[str, Tensor], *,
                  image_size: Sequence[int], normalization: str, augment: bool,
                  segmentation: Sequence[str | Sequence[str]] | None = None,
                  spacing: Sequence[Sequence[float]] | None = None, cache: bool = False,
+                 manifest: str | None = None, lines: Sequence[int] | None = None, image_column: str = "image",
+                 segmentation_column: str | None = None,
                  _decoded: dict[int, tuple[Tensor, tuple[int, int], Tensor | None]] | None = None) -> None:
         self.paths = list(paths)
         self.ids = list(ids)
@@ -148,6 +162,10 @@ class ManifestImageDataset(Dataset):
         self.segmentation = None if segmentation is None else list(segmentation)
         self.spacing = None if spacing is None else [tuple(float(v) for v in row) for row in spacing]
         self.cache = cache
+        self.manifest = manifest
+        self.lines = None if lines is None else [int(n) for n in lines]
+        self.image_column = image_column
+        self.segmentation_column = segmentation_column
         # decoded, resized image and maps per row (before augmentation); shared with without_augmentation()
         self._decoded: dict[int, tuple[Tensor, tuple[int, int], Tensor | None]] = {} if _decoded is None else _decoded
         self._geometric = self._intensity = None
@@ -165,16 +183,38 @@ class ManifestImageDataset(Dataset):
     def targets(self) -> dict[str, Tensor]:
         return dict(self._targets)
 
+    def _load_error(self, i: int, what: str, source: str | Sequence[str], column: str | None,
+                    error: Exception) -> Exception:
+        """The error for row ``i``'s unloadable file, naming the file, its manifest line and column and what to do
+        (a :class:`FileNotFoundError` again when the file is gone, else :class:`ImageLoadError`)."""
+        shown = source if isinstance(source, str) else ", ".join(source)
+        failure = f"cannot load {what} {shown!r} ({type(error).__name__}: {one_line(error)})"
+        todo = ("replace or repair the file, or remove its row; data.check_images=true finds every such file before "
+                "training")
+        if self.manifest is not None and self.lines is not None:
+            message = problem_line(self.manifest, failure, todo, [self.lines[i]], column)
+        else:
+            message = f"{failure}: {todo}"
+        return FileNotFoundError(message) if isinstance(error, FileNotFoundError) else ImageLoadError(message)
+
     def _decode(self, i: int) -> tuple[Tensor, tuple[int, int], Tensor | None]:
         """Row ``i``'s resized image, its original ``(H, W)`` and resized maps; kept in memory with ``cache``."""
         if i in self._decoded:
             return self._decoded[i]
         from torchvision.transforms.v2 import functional as F
 
-        image, size = _load_image(self.paths[i], self.image_size)
+        try:
+            image, size = _load_image(self.paths[i], self.image_size)
+        except Exception as e:  # noqa: BLE001 -- a decoder's own message rarely names the file, never the row
+            raise self._load_error(i, "image", self.paths[i], self.image_column, e) from e
         maps = None
         if self.segmentation is not None:
-            maps = F.resize(read_segmentation(self.segmentation[i]), list(self.image_size), antialias=True)
+            try:
+                maps = read_segmentation(self.segmentation[i])
+            except Exception as e:  # noqa: BLE001 -- as for the image
+                raise self._load_error(i, "segmentation maps", self.segmentation[i], self.segmentation_column,
+                                       e) from e
+            maps = F.resize(maps, list(self.image_size), antialias=True)
             maps = maps.clamp_(0.0, 1.0)
         if self.cache:
             self._decoded[i] = (image, size, maps)
@@ -215,7 +255,8 @@ class ManifestImageDataset(Dataset):
         return ManifestImageDataset(self.paths, self.ids, self._targets, image_size=self.image_size,
                                     normalization=self.normalization, augment=False,
                                     segmentation=self.segmentation, spacing=self.spacing, cache=self.cache,
-                                    _decoded=self._decoded)
+                                    manifest=self.manifest, lines=self.lines, image_column=self.image_column,
+                                    segmentation_column=self.segmentation_column, _decoded=self._decoded)
 
 
 class ManifestDataModule(TaskDataModule):
@@ -235,7 +276,10 @@ class ManifestDataModule(TaskDataModule):
         subset: ``{mode: full|balanced|biased, by: <metadata head>, per_cell, major, minor, seed, val}`` on train;
             with ``val: {per_cell, major, minor}`` also on the validation split (paper: one test split per
             sub-dataset), else validation is used whole.
-        image_size, in_channels, normalization, augment, check_images, batch_size, num_workers, seed.
+        image_size, in_channels, normalization, augment, batch_size, num_workers, seed.
+        check_images: read every image once before training: files that cannot be decoded, multi-frame files and
+            the same bytes under two names in different groups (see :func:`_image_problems`) are refused up front.
+            ``false`` skips this (and so the duplicate check); a bad file then fails in the loader, naming its line.
         channels: SA-SonoNet's extra input channels, ``{segmentation, spacing_columns}`` (both ``None`` = the image
             only). ``segmentation``: ``{column, num_maps: 5, pattern: "{}"}``; the cell formatted into ``pattern``
             (relative to root, inside it) is a ``.npy`` float array ``(num_maps, H, W)`` in [0, 1] of the image's
@@ -425,15 +469,19 @@ class ManifestDataModule(TaskDataModule):
             table, class_problems = _keep_classes(table, target_spec)
             problems += class_problems
         dropped: dict[str, str] = {}
+        # images are decoded by _image_problems below, which reads each file once for decoding and hashing both
         for p in validate_manifest(
                 table, root=root, image_column=image_column, image_pattern=image_pattern, target=target_spec,
                 metadata=heads, group_column=group_column, split_column=split_column, split_values=split_values,
-                check_images=check_images):
+                check_images=False):
             head = _degenerate_head(p, heads) if on_degenerate == "drop" else None
             if head is not None:
                 dropped.setdefault(head, p.split(f"metadata head {head!r}: ", 1)[1])
             else:
                 problems.append(_keyed(p, table.path))
+        if check_images:
+            problems += [_keyed(p, table.path) for p in _image_problems(table, root, image_column, image_pattern,
+                                                                       group_column)]
         problems += _channel_problems(table, root, image_column, image_pattern, segmentation, spacing_columns,
                                       check_images)
         if problems:
@@ -461,6 +509,13 @@ class ManifestDataModule(TaskDataModule):
             problems.append("split_column: no row is in the train split")
         if not val_rows:
             problems.append("val_fraction: no row is in the val split (raise val_fraction or mark val rows)")
+        else:  # a val split the table gives was checked with the table; this catches a drawn one
+            single = single_class_val_problem(
+                table, target_spec.column, splits, classes=target_spec.classes,
+                todo="the val split was drawn from few groups: raise val_fraction (or lower num_folds) so it holds "
+                     "more classes, or give a split column with val rows")
+            if single is not None:
+                problems.append(_keyed(single, table.path, "val_fraction"))
         if target_spec.classes is not None and train_rows:
             in_train = {cells[i] for i in train_rows}
             absent = [c for c in target_spec.classes if c not in in_train]
@@ -541,6 +596,7 @@ class ManifestDataModule(TaskDataModule):
         self.labels: dict[str, list[int]] = labels
         self.paths: list[str] = [image_path(root, c, image_pattern) for c in table.column(image_column)]
         self.ids: list[str] = table.column(image_column)
+        self.image_column: str = image_column
         self.dropped_heads: dict[str, str] = dropped
         self.segmentation_sources: list[str | list[str]] | None = None if segmentation is None else [
             segmentation_source(root, c, segmentation["pattern"], segmentation["num_maps"])
@@ -599,7 +655,11 @@ class ManifestDataModule(TaskDataModule):
                                     image_size=self.image_size, normalization=self.normalization, augment=augment,
                                     segmentation=None if seg is None else [seg[i] for i in rows],
                                     spacing=None if spacing is None else [spacing[i] for i in rows],
-                                    cache=self.cache_images)
+                                    cache=self.cache_images,
+                                    manifest=self.table.path, lines=[self.table.line_numbers[i] for i in rows],
+                                    image_column=self.image_column,
+                                    segmentation_column=None if self.channels["segmentation"] is None
+                                    else self.channels["segmentation"]["column"])
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -704,6 +764,84 @@ def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], li
         else:
             columns = list(spacing)
     return segmentation, columns, problems
+
+
+def _image_problems(table: ManifestTable, root: str, image_column: str, image_pattern: str,
+                    group_column: str | None) -> list[str]:
+    """Problems found by reading every image file once (``check_images``), one line per kind, naming the lines and
+    the column: files that cannot be decoded, multi-frame files, and the same bytes under two names.
+
+    Each file is read once: its bytes are hashed (SHA-256) and decoded from memory (:func:`check_image`). Identical
+    content is refused unless both rows have the same, non-empty group: a group is never split, so such a copy
+    cannot reach both train and val (it only weighs twice, like a repeated view of one patient). In two groups, or
+    without ``group_column`` (each row its own group), it could, so it is refused even when both rows sit in one
+    split now: two patients sharing an image is a labelling error, and a re-split would move them apart. Rows
+    :func:`validate_manifest` refuses already (empty cell, outside root, missing file, repeated path) are skipped.
+    """
+    file = table.path
+    if image_column not in table.header or "{}" not in image_pattern:
+        return []
+    root_real = os.path.realpath(os.fspath(root))
+    if not os.path.isdir(root_real):
+        return []  # reported by validate_manifest
+    cells = table.column(image_column)
+    groups = table.column(group_column) if group_column is not None and group_column in table.header else None
+    undecodable: list[int] = []
+    multi: list[int] = []
+    examples: dict[str, str] = {}
+    first: dict[str, tuple[int, str, str]] = {}  # digest -> (line, cell, group) of the first row with that content
+    copies: list[tuple[tuple[int, str, str], tuple[int, str, str]]] = []
+    seen: set[str] = set()
+    # decoding every image is the slow part of opening a large manifest: a progress bar on a terminal (disable=None:
+    # silent in logs)
+    rows = tqdm(zip(table.line_numbers, cells, groups if groups is not None else [""] * len(cells)),
+                desc="checking images", total=len(cells), unit="image", disable=None)
+    for line, cell, group in rows:
+        if not cell:
+            continue
+        path = image_path(root_real, cell, image_pattern)
+        if path in seen or not is_inside(path, root_real) or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        check = check_image(path)
+        if check.frames > 1:
+            multi.append(line)
+            examples.setdefault("multi", f"{cell!r} has {check.frames} frames")
+        elif check.error is not None:
+            undecodable.append(line)
+            examples.setdefault("undecodable", f"{cell!r}: {check.error}")
+        if check.error is not None or check.digest is None:
+            continue  # one problem per file is enough
+        row = (line, cell, group)
+        earlier = first.setdefault(check.digest, row)
+        if earlier is not row and (groups is None or not group or group != earlier[2]):
+            copies.append((row, earlier))
+
+    problems: list[str] = []
+    if undecodable:
+        problems.append(problem_line(
+            file, f"image cannot be decoded (e.g. {examples['undecodable']})",
+            "replace the file with a valid PNG, JPEG, TIFF or DICOM image, or remove the row", undecodable,
+            image_column))
+    if multi:
+        problems.append(problem_line(
+            file, f"multi-frame image, refused (e.g. {examples['multi']})",
+            "only single-frame images are used: save the frame to train on as its own file and list that (several "
+            "frames: one file and row each, with the same group)", multi, image_column))
+    if copies:
+        def described(row: tuple[int, str, str]) -> str:
+            line, cell, group = row
+            return f"line {line} {cell!r}" + (f" of group {group!r}" if groups is not None else "")
+
+        shown = _capped([f"{described(a)} repeats {described(b)}" for a, b in copies], separator="; ")
+        todo = ("identical images in two groups can land in both train and val: remove one of each pair, or give both "
+                f"rows the same group in column {group_column!r} if they belong to one patient" if groups is not None
+                else "identical images can land in both train and val: remove one of each pair, or set group_column "
+                "and give both rows the same group if they belong to one patient")
+        problems.append(problem_line(
+            file, f"the same image content under two names, {len(copies)} time(s) ({shown}; identical file bytes)",
+            todo, column=image_column))
+    return problems
 
 
 def _image_hw(path: str) -> tuple[int, int] | None:

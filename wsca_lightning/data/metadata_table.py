@@ -27,6 +27,7 @@ from wsca_lightning.data.manifest import (
     parse_float,
     problem_line,
     read_manifest,
+    spelling_problem,
 )
 from wsca_lightning.tasks import TaskSpec
 
@@ -58,7 +59,8 @@ class MetadataTable:
         delimiter: the file's delimiter, if detection is not wanted.
 
     Raises :class:`~wsca_lightning.data.manifest.ManifestError` (one line per problem, naming the file, lines and
-    columns) for an unreadable file, an unknown column, missing or repeated ids.
+    columns) for an unreadable file, an unknown column, missing or repeated ids, a class spelled two ways
+    (``'Malignant'`` beside ``'malignant'``) and two columns that would become the same task.
     """
 
     def __init__(
@@ -93,12 +95,17 @@ class MetadataTable:
             for name in table.header:
                 if name != id_column and name.strip():
                     spec = _inferred_spec(table.column(name), name)
+                    task = _task_name(name)
                     if spec is None:
                         problems.append(problem_line(
                             file, "most rows hold a value of their own (an identifier, not a metadata field?)",
                             "declare the tasks with metadata_columns to leave such columns out", column=name))
+                    elif task in specs:  # 'site id' and 'site_id' both become task 'site_id': never drop one silently
+                        problems.append(problem_line(
+                            file, f"columns {specs[task].column!r} and {name!r} both become task {task!r}",
+                            "rename one of them, or declare the tasks with metadata_columns", column=name))
                     else:
-                        specs[_task_name(name)] = spec
+                        specs[task] = spec
         else:
             if not isinstance(columns, Mapping):
                 raise ManifestError([f"metadata_columns: must be a mapping {{task: {{column, type, ...}}}}, got "
@@ -110,10 +117,19 @@ class MetadataTable:
                 except ValueError as err:
                     problems.append(str(err))
             for name, spec in specs.items():
+                if not name or "/" in name or "." in name:  # a task name is part of metric keys
+                    problems.append(f"metadata_columns.{name}: task name {name!r} must be non-empty, without '/' "
+                                    "or '.'")
                 if spec.column not in table.header:
                     problems.append(column_problem(table, f"metadata_columns.{name}.column", spec.column))
                 elif spec.column == id_column:
                     problems.append(f"metadata_columns.{name}.column: {spec.column!r} is the id column")
+        for name, spec in specs.items():
+            if spec.type != "continuous" and spec.classes is None and spec.column in table.header:
+                spelled = spelling_problem(table, spec.column, role=f"task {name!r}",
+                                           classes_key=f"metadata_columns.{name}.classes")
+                if spelled is not None:
+                    problems.append(spelled)
         if not specs and not problems:
             problems.append(f"{file}: no metadata column besides the id column {id_column!r}: nothing to analyse")
         if problems:
