@@ -113,8 +113,8 @@ def test_generic_manifest_trains_with_wsc_for_every_metadata_head(generic, tmp_p
     assert missing and all(v == -1 for v in missing)
     # resume check: the same specs pass, others are refused
     dm.load_state_dict(dm.state_dict())
-    other = instantiate_node(compose_train_config(tmp_path / "r2", [*_generic_overrides(csv, root), "data.seed=7"]),
-                             "data")
+    other = instantiate_node(compose_train_config(tmp_path / "r2", [*_generic_overrides(csv, root),
+                                                                    "data.metadata.spacing.bins=3"]), "data")
     other.load_state_dict(dm.state_dict())
     with pytest.raises(ValueError, match="task specs differ"):
         other.setup("fit")
