@@ -195,11 +195,16 @@ def test_each_spawned_rank_trains_with_its_share_of_the_cores_and_the_log_says_w
     assert (sweep / "0" / "train.log").read_text().count(line) == 1
 
 
-def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path, ddp_spawn_sweep):
+def test_training_on_two_processes_writes_a_summary_with_the_keys_of_a_one_process_run(tmp_path, ddp_spawn_sweep,
+                                                                                       monkeypatch, capsys):
+    from wsca_lightning.cli.train import main
+
     sweep, sweep_output = ddp_spawn_sweep
     run = tmp_path / "cpu"
-    code, output, _ = run_isolated([str(WSCA_TRAIN), f"hydra.run.dir={run}", "trainer=cpu", *ONE_EPOCH], tmp_path)
-    assert code == 0, output[-3000:]
+    # the one-process run in this process, through the console script's entry point (no interpreter start)
+    monkeypatch.setattr(sys, "argv", ["wsca-train", f"hydra.run.dir={run}", "trainer=cpu", *ONE_EPOCH])
+    main()
+    output = capsys.readouterr().out
     summaries = {}
     for trainer, run, out in (("cpu", run, output), ("ddp_spawn", sweep / "0", sweep_output)):
         assert f"WSC summary: {run / 'wsc' / 'wsc_summary.json'}" in out  # the app's report, also after spawn

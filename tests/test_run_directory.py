@@ -140,12 +140,13 @@ def run_console_script(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
 
 
 @pytest.mark.slow
-def test_the_readme_resume_command_verifies_the_runs_own_config_before_writing_anything(tmp_path, monkeypatch,
-                                                                                        capsys):
+def test_the_readme_resume_command_verifies_the_runs_own_config_and_continues_it(tmp_path, monkeypatch, capsys):
+    import torch
     from conftest import TINY
+    from test_train_app import epochs_with, read_metrics
 
     run = tmp_path / "run"
-    first = [f"hydra.run.dir={run}", *TINY, "trainer.max_epochs=1", "data.batch_size=16"]
+    first = [f"hydra.run.dir={run}", *TINY, "data.batch_size=16"]  # 2 epochs
     assert run_console_script(monkeypatch, *first) == 0
     saved = {name: (run / ".hydra" / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
     summary = (run / "wsc" / "wsc_summary.json").read_bytes()
@@ -153,7 +154,7 @@ def test_the_readme_resume_command_verifies_the_runs_own_config_before_writing_a
 
     # the README's resume command with one of the first run's overrides left out: refused, naming the key and
     # the command that resumes; the run's saved config and outputs stay as they were, no new logger version
-    resume = [f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=2"]
+    resume = [f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_epochs=4"]
     assert run_console_script(monkeypatch, *resume, *TINY) == 2
     err = capsys.readouterr().err
     assert "data.batch_size: was 16 in the run being resumed, now 32" in err
@@ -168,10 +169,20 @@ def test_the_readme_resume_command_verifies_the_runs_own_config_before_writing_a
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "wsc" / "wsc_summary.json").read_bytes() == summary
 
-    # with the run's own overrides the resume continues it
-    assert run_console_script(monkeypatch, *first, "trainer.max_epochs=2", "ckpt_path=last") == 0
-    history = json.loads((run / "wsc" / "wsc_summary.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [0, 1]
+    # checkpoints hold only plain Python: they load with weights_only=True
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (wsc_state,) = [v for k, v in state["callbacks"].items() if k.startswith("WeightSpaceCorrelation")]
+    assert [h["epoch"] for h in wsc_state["history"]] == [0, 1]
+
+    # with the run's own overrides the resume continues it, without gaps or duplicates
+    assert run_console_script(monkeypatch, *first, "trainer.max_epochs=4", "ckpt_path=last") == 0
+    on_disk = json.loads((run / "wsc" / "wsc_summary.json").read_text())
+    assert [h["epoch"] for h in on_disk["history"]] == [0, 1, 2, 3]
+    assert on_disk["history"][:2] == wsc_state["history"]  # the first two are the original run's
+    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
+    # the logger keeps the first segment's metrics and writes the resumed epochs to a new version
+    assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0, 1]
+    assert epochs_with(read_metrics(run, version=1), "wsc/scanner/max_abs") == [2, 3]
     assert not (run / LOCK_FILENAME).exists()
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from wsca_lightning.cli.train import ConfigError, main, train
 
@@ -98,28 +97,6 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
         assert (wsc_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (wsc_dir / "wsc_table.csv").read_text().count("\n") == 1 + len(tasks)
     assert not list(wsc_dir.rglob("*.partial*"))
-
-
-@pytest.mark.slow
-def test_resume_from_checkpoint_continues_history_without_gaps_or_duplicates(tiny_config, tmp_path):
-    run = tmp_path / "run"
-    train(tiny_config("trainer.max_epochs=2"))
-    ckpt = run / "checkpoints" / "last.ckpt"
-    # checkpoints hold only plain Python: they load with weights_only=True
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    (wsc_state,) = [v for k, v in state["callbacks"].items() if k.startswith("WeightSpaceCorrelation")]
-    assert [h["epoch"] for h in wsc_state["history"]] == [0, 1]
-
-    result = train(tiny_config("trainer.max_epochs=4", "ckpt_path=last"))
-    summary = result["summary"]
-    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
-    # the resumed epochs' values are new, the first two are those of the original run
-    on_disk = json.loads((run / "wsc" / "wsc_summary.json").read_text())
-    assert on_disk["history"][:2] == wsc_state["history"]
-    assert sorted(p.name for p in (run / "wsc").glob("epoch_*.npz")) == [f"epoch_{e:04d}.npz" for e in range(4)]
-    # the logger keeps the first segment's metrics and writes the resumed epochs to a new version
-    assert epochs_with(read_metrics(run), "wsc/scanner/max_abs") == [0, 1]
-    assert epochs_with(read_metrics(run, version=1), "wsc/scanner/max_abs") == [2, 3]
 
 
 @pytest.mark.slow
