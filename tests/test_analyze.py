@@ -45,6 +45,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_analyze_writes_summary_table_and_heatmap_with_probe_refit(trained, tmp_path, monkeypatch):
     run, _ = trained
     terminal = Terminal()

@@ -79,6 +79,7 @@ def _generic_overrides(csv: Path, root: Path) -> list[str]:
             GENERIC_METADATA, *RUN]
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_generic_manifest_trains_with_wsc_for_every_metadata_head(generic, tmp_path):
     csv, root = generic
     before = _snapshot(root)
@@ -177,6 +178,7 @@ def _cells(dm) -> dict[tuple[int, int], int]:
     return counts
 
 
+@pytest.mark.slow  # an end-to-end training run
 def test_fetal_planes_preset_splits_and_subsets(fetal, tmp_path):
     cfg, dm = _fetal(fetal, tmp_path / "a")
     assert dm.primary_task == "plane" and dm.input_shape == (1, H, W)
