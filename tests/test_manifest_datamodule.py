@@ -250,6 +250,18 @@ def test_bad_manifest_input_names_the_key(generic, fetal, tmp_path):
                                                      "data.image_size=[30,48]"]))
     assert "data.in_channels: manifest data gives 1-channel images" in str(err.value)
     assert "data.image_size:" in str(err.value)
+    # a listed class spelled another way in some rows would lose them (rows outside classes are left out): refused
+    respelled = tmp_path / "respelled.csv"
+    lines = csv.read_text().splitlines()
+    row = next(k for k, line in enumerate(lines) if ",short," in line)
+    lines[row] = lines[row].replace(",short,", ",Short ,", 1)
+    respelled.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as err:
+        train(compose_train_config(tmp_path / "r6", [*_generic_overrides(respelled, root),
+                                                     "+data.target.classes=[short,mid,normal]"]))
+    assert "data.target.classes: " in str(err.value)
+    assert f"'Short' is the listed class 'short' spelled differently (line {row + 1})" in str(err.value)
+
     # a val split drawn from 4 single-class patients holds one patient: one class, a nan AUROC; refused up front
     few = tmp_path / "few.csv"
     rows = [line.split(",") for line in csv.read_text().splitlines()[1:9]]

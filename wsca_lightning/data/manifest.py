@@ -53,6 +53,7 @@ __all__ = [
     "read_grayscale",
     "read_manifest",
     "single_class_val_problem",
+    "folded_label",
     "spelling_problem",
     "validate_manifest",
 ]
@@ -380,7 +381,7 @@ def _natural_key(value: str) -> tuple:
     return tuple((0, int(p), "") if p.isdecimal() else (1, 0, p.lower()) for p in parts if p), value
 
 
-def _spelling(value: str) -> str:
+def folded_label(value: str) -> str:
     """A class value with case, Unicode width and spacing folded and invisible characters (zero-width space, a stray
     BOM) dropped: ``'Malignant'``, ``'MALIGNANT'`` and ``'malignant\\u200b'`` all fold to ``'malignant'``."""
     folded = unicodedata.normalize("NFKC", value)
@@ -401,7 +402,7 @@ def spelling_problem(table: ManifestTable, column: str, *, role: str, classes_ke
     spellings: dict[str, dict[str, list[int]]] = {}
     for i in indices:
         if cells[i]:
-            spellings.setdefault(_spelling(cells[i]), {}).setdefault(cells[i], []).append(table.line_numbers[i])
+            spellings.setdefault(folded_label(cells[i]), {}).setdefault(cells[i], []).append(table.line_numbers[i])
     clashes = [sorted(found.items(), key=lambda item: (-len(item[1]), item[1][0]))
                for found in spellings.values() if len(found) > 1]
     if not clashes:
@@ -975,9 +976,9 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
     if spec.classes is not None:
         outside = [(ln, c) for ln, c in zip(lines, cells) if c and c not in spec.classes]
         if is_target and outside:
-            folded = {_spelling(k): k for k in spec.classes}
-            respelled = sorted({f"{c!r} is {folded[_spelling(c)]!r} spelled differently" for _, c in outside
-                                if _spelling(c) in folded})
+            folded = {folded_label(k): k for k in spec.classes}
+            respelled = sorted({f"{c!r} is {folded[folded_label(c)]!r} spelled differently" for _, c in outside
+                                if folded_label(c) in folded})
             problems.append(problem_line(
                 file, f"target value(s) {_values(sorted({c for _, c in outside}, key=_natural_key))} not in "
                       f"classes {list(spec.classes)}" + (f" ({_capped(respelled)})" if respelled else ""),

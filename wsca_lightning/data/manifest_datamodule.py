@@ -40,6 +40,7 @@ from wsca_lightning.data.manifest import (
     add_dicom_columns,
     check_image,
     column_problem,
+    folded_label,
     is_inside,
     parse_float,
     problem_line,
@@ -710,6 +711,19 @@ def _keep_classes(table: ManifestTable, spec: ColumnSpec) -> tuple[ManifestTable
             shown = ", ".join(repr(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
             problems.append(f"target.classes: {c!r} never occurs in column {spec.column!r} of {table.path}; "
                             f"{hint}values: {shown}")
+    # a listed class spelled another way ('Malignant' for 'malignant') would silently lose its rows
+    folded = {folded_label(c): c for c in spec.classes}
+    respelled: dict[str, list[int]] = {}
+    for k, row in enumerate(table.rows):
+        value = row.get(spec.column, "")
+        if value and value not in spec.classes and folded_label(value) in folded:
+            respelled.setdefault(value, []).append(table.line_numbers[k])
+    for value, lines in respelled.items():
+        problems.append("target.classes: " + problem_line(
+            table.path, f"{value!r} is the listed class {folded[folded_label(value)]!r} spelled differently",
+            column=spec.column, lines=lines,
+            todo="rows outside target.classes are left out, so these would be lost: write the class one way in "
+                 "the table"))
     filtered = ManifestTable(path=table.path, delimiter=table.delimiter, header=table.header,
                              rows=tuple(table.rows[k] for k in keep),
                              line_numbers=tuple(table.line_numbers[k] for k in keep))
