@@ -24,11 +24,11 @@ from wsca_lightning.cli.train import main as train_main  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ["scanner", "hospital", "spacing", "cervical_length", "bmi"]
 TINY = [
-    "data.num_train=128",
-    "data.num_val=64",
+    "data.num_train=96",
+    "data.num_val=48",
     "data.image_size=[32,48]",
     "trainer.max_epochs=1",
-    "callbacks.wsc.subset_size=128",
+    "callbacks.wsc.subset_size=96",
     "callbacks.wsc.num_permutations=20",
     "callbacks.wsc.num_bootstrap=50",
     "trainer.enable_progress_bar=false",

@@ -338,7 +338,7 @@ def test_wsca_train_with_resnet18_writes_a_512_d_summary(tmp_path):
     test_train_app; a subprocess would only add an interpreter start-up)."""
     run = tmp_path / "run"
     train(compose_train_config(run, [
-        "model=resnet18", "data.num_train=64", "data.num_val=32", "data.image_size=[64,80]", "trainer.max_epochs=1",
+        "model=resnet18", "data.num_train=64", "data.num_val=32", "data.image_size=[32,48]", "trainer.max_epochs=1",
         "callbacks.wsc.subset_size=64", "callbacks.wsc.num_permutations=5", "trainer.enable_progress_bar=false"]))
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     assert summary["embedding_dim"] == 512
