@@ -215,3 +215,12 @@ def test_a_resume_sets_aside_the_rows_an_earlier_segment_logged_for_epochs_it_tr
     assert (old / SUPERSEDED_FILENAME).read_text().splitlines() == [rows[0], *rows[5:]]
     assert (new / "metrics.csv").read_text() == "epoch,step,train/loss\n2,8,0.85\n"  # the resumed run's own rows
     assert set_aside_rows_from(tmp_path / "csv", new, first_epoch=2) == {}  # nothing twice
+
+
+def test_a_resume_whose_saved_config_cannot_be_read_is_refused_naming_the_file(tmp_path):
+    run = finished_run(tmp_path / "run")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("seed: [unclosed\n")
+    problems = check_run_directory(config(ckpt_path="last"), run)
+    assert problems[0].startswith("ckpt_path: the saved config of the run to resume, ")
+    assert "config.yaml, cannot be read" in problems[0]

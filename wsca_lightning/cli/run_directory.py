@@ -124,7 +124,7 @@ def _saved_overrides(run_dir: Path) -> list[str]:
 
 def check_settings(cfg: DictConfig) -> list[str]:
     """Problems of the top-level settings that fail deep inside Lightning otherwise: required values never set
-    (``???``), the seed, ``ckpt_path``."""
+    (``???``), the seed, ``overwrite`` (``ckpt_path`` is checked with the directory it resumes)."""
     problems = [f"{key}: required and not set; add {key}=<value> to the command line"
                 for key, value in _task_values(cfg).items() if value == "???"]
     seed = _select(cfg, "seed")
@@ -170,7 +170,12 @@ def check_run_directory(cfg: DictConfig, run_dir: Path) -> list[str]:
                         "to resume the run in hydra.run.dir")
     saved_path = run_real / ".hydra" / "config.yaml"
     if saved_path.is_file():
-        differences = config_differences(OmegaConf.load(saved_path), cfg)
+        try:
+            differences = config_differences(OmegaConf.load(saved_path), cfg)
+        except Exception as err:  # noqa: BLE001 -- any unreadable YAML: the resume cannot be verified
+            differences = [f"ckpt_path: the saved config of the run to resume, {saved_path}, cannot be read "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); restore it "
+                           "from a copy, or start a new run in another directory"]
         if differences:
             saved = " ".join(_saved_overrides(run_real))
             problems.extend(differences)
