@@ -436,7 +436,8 @@ def validate_manifest(
 
     Each line reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
-    ``root``, exist, are not repeated and (``check_images``) decode (:func:`read_grayscale`); target cells are
+    ``root``, exist, are not repeated and (``check_images``, each file read once: :func:`check_image`) decode,
+    hold one frame and do not repeat another row's bytes across groups (:func:`_content_copies_problem`); target cells are
     present and give a binary/categorical label space (each class spelled one way, at least 2 classes in a val
     split); continuous metadata parse as numbers (empty = missing); no metadata column is empty or constant or
     spells a class two ways; split cells (after ``split_values``) are train/val/test; group cells are present and no
@@ -507,15 +508,19 @@ def validate_manifest(
             problems.append(f"{file}: data root {root_str!r} is not a directory: set root to the folder the image "
                             f"paths in column {image_column!r} are relative to")
         else:
-            empty, outside, absent, undecodable = [], [], [], []
+            empty, outside, absent, undecodable, multi = [], [], [], [], []
             first_seen: dict[str, int] = {}
             repeated: list[str] = []
             repeated_lines: list[int] = []
             examples: dict[str, str] = {}
+            image_groups = table.column(group_column) if has(group_column) else None
+            first_content: dict[str, tuple[int, str, str]] = {}  # digest -> (line, cell, group) of its first row
+            copies: list[tuple[tuple[int, str, str], tuple[int, str, str]]] = []
             # decoding every image is the slow part of opening a large manifest: a progress bar on a terminal
-            cells = tqdm(zip(lines, table.column(image_column)), desc="checking images", total=len(lines),
-                         unit="image", disable=None if check_images else True)
-            for ln, cell in cells:
+            cells = tqdm(zip(lines, table.column(image_column), image_groups or [""] * len(lines)),
+                         desc="checking images", total=len(lines), unit="image",
+                         disable=None if check_images else True)
+            for ln, cell, group in cells:
                 if not cell:
                     empty.append(ln)
                     continue
@@ -532,10 +537,20 @@ def validate_manifest(
                     absent.append(ln)
                     examples.setdefault("absent", image_pattern.replace("{}", cell))
                 elif check_images:
-                    error = _decode_error(path)
-                    if error is not None:
+                    # one read per file: decoded and hashed from the same bytes (check_image)
+                    check = check_image(path)
+                    if check.frames > 1:
+                        multi.append(ln)
+                        examples.setdefault("multi", f"{cell!r} has {check.frames} frames")
+                    elif check.error is not None:
                         undecodable.append(ln)
-                        examples.setdefault("undecodable", f"{cell!r}: {error}")
+                        examples.setdefault("undecodable", f"{cell!r}: {check.error}")
+                    if check.error is None and check.digest is not None:
+                        row = (ln, cell, group)
+                        earlier = first_content.setdefault(check.digest, row)
+                        # a group is never split, so a copy inside one group cannot reach two splits
+                        if earlier is not row and (image_groups is None or not group or group != earlier[2]):
+                            copies.append((row, earlier))
             if empty:
                 problems.append(problem_line(file, "image path missing", "fill in the image or remove the row",
                                              empty, image_column))
@@ -554,7 +569,16 @@ def validate_manifest(
             if undecodable:
                 problems.append(problem_line(
                     file, f"image cannot be decoded (e.g. {examples['undecodable']})",
-                    "replace the file with a valid PNG/JPEG or remove the row", undecodable, image_column))
+                    "replace the file with a valid PNG, JPEG, TIFF or DICOM image, or remove the row", undecodable,
+                    image_column))
+            if multi:
+                problems.append(problem_line(
+                    file, f"multi-frame image, refused (e.g. {examples['multi']})",
+                    "only single-frame images are used: save the frame to train on as its own file and list that "
+                    "(several frames: one file and row each, with the same group)", multi, image_column))
+            if copies:
+                problems.append(_content_copies_problem(file, copies, image_column,
+                                                        group_column if image_groups is not None else None))
             if repeated:
                 shown = _capped(repeated, separator="; ")
                 problems.append(problem_line(
@@ -903,9 +927,28 @@ def check_image(path: str) -> ImageCheck:
     return ImageCheck(digest, None)
 
 
-def _decode_error(path: str) -> str | None:
-    """Why the image at ``path`` cannot be read (``None`` if it can)."""
-    return check_image(path).error
+def _content_copies_problem(file: str, copies: Sequence[tuple[tuple[int, str, str], tuple[int, str, str]]],
+                            image_column: str, group_column: str | None) -> str:
+    """The problem line for identical image bytes under two names (``(line, cell, group)`` of each copy and of the
+    row it repeats).
+
+    Identical content is refused unless both rows have the same, non-empty group: a group is never split, so such a
+    copy cannot reach both train and val (it only weighs twice, like a repeated view of one patient). In two groups,
+    or without ``group_column`` (each row its own group), it could, so it is refused even when both rows sit in one
+    split now: two patients sharing an image is a labelling error, and a re-split would move them apart.
+    """
+    def described(row: tuple[int, str, str]) -> str:
+        line, cell, group = row
+        return f"line {line} {cell!r}" + (f" of group {group!r}" if group_column is not None else "")
+
+    shown = _capped([f"{described(a)} repeats {described(b)}" for a, b in copies], separator="; ")
+    todo = ("identical images in two groups can land in both train and val: remove one of each pair, or give both "
+            f"rows the same group in column {group_column!r} if they belong to one patient" if group_column is not None
+            else "identical images can land in both train and val: remove one of each pair, or set group_column and "
+            "give both rows the same group if they belong to one patient")
+    return problem_line(
+        file, f"the same image content under two names, {len(copies)} time(s) ({shown}; identical file bytes)",
+        todo, column=image_column)
 
 
 def _fit_edges(values: torch.Tensor, spec: ColumnSpec) -> torch.Tensor:

@@ -36,9 +36,7 @@ from wsca_lightning.data.manifest import (
     ColumnSpec,
     ManifestError,
     ManifestTable,
-    _capped,
     add_dicom_columns,
-    check_image,
     column_problem,
     folded_label,
     is_inside,
@@ -279,7 +277,7 @@ class ManifestDataModule(TaskDataModule):
             sub-dataset), else validation is used whole.
         image_size, in_channels, normalization, augment, batch_size, num_workers, seed.
         check_images: read every image once before training: files that cannot be decoded, multi-frame files and
-            the same bytes under two names in different groups (see :func:`_image_problems`) are refused up front.
+            the same bytes under two names in different groups (see :func:`~wsca_lightning.data.manifest.validate_manifest`) are refused up front.
             ``false`` skips this (and so the duplicate check); a bad file then fails in the loader, naming its line.
         channels: SA-SonoNet's extra input channels, ``{segmentation, spacing_columns}`` (both ``None`` = the image
             only). ``segmentation``: ``{column, num_maps: 5, pattern: "{}"}``; the cell formatted into ``pattern``
@@ -470,19 +468,15 @@ class ManifestDataModule(TaskDataModule):
             table, class_problems = _keep_classes(table, target_spec)
             problems += class_problems
         dropped: dict[str, str] = {}
-        # images are decoded by _image_problems below, which reads each file once for decoding and hashing both
         for p in validate_manifest(
                 table, root=root, image_column=image_column, image_pattern=image_pattern, target=target_spec,
                 metadata=heads, group_column=group_column, split_column=split_column, split_values=split_values,
-                check_images=False):
+                check_images=check_images):
             head = _degenerate_head(p, heads) if on_degenerate == "drop" else None
             if head is not None:
                 dropped.setdefault(head, p.split(f"metadata head {head!r}: ", 1)[1])
             else:
                 problems.append(_keyed(p, table.path))
-        if check_images:
-            problems += [_keyed(p, table.path) for p in _image_problems(table, root, image_column, image_pattern,
-                                                                       group_column)]
         problems += _channel_problems(table, root, image_column, image_pattern, segmentation, spacing_columns,
                                       check_images)
         if problems:
@@ -778,84 +772,6 @@ def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], li
         else:
             columns = list(spacing)
     return segmentation, columns, problems
-
-
-def _image_problems(table: ManifestTable, root: str, image_column: str, image_pattern: str,
-                    group_column: str | None) -> list[str]:
-    """Problems found by reading every image file once (``check_images``), one line per kind, naming the lines and
-    the column: files that cannot be decoded, multi-frame files, and the same bytes under two names.
-
-    Each file is read once: its bytes are hashed (SHA-256) and decoded from memory (:func:`check_image`). Identical
-    content is refused unless both rows have the same, non-empty group: a group is never split, so such a copy
-    cannot reach both train and val (it only weighs twice, like a repeated view of one patient). In two groups, or
-    without ``group_column`` (each row its own group), it could, so it is refused even when both rows sit in one
-    split now: two patients sharing an image is a labelling error, and a re-split would move them apart. Rows
-    :func:`validate_manifest` refuses already (empty cell, outside root, missing file, repeated path) are skipped.
-    """
-    file = table.path
-    if image_column not in table.header or "{}" not in image_pattern:
-        return []
-    root_real = os.path.realpath(os.fspath(root))
-    if not os.path.isdir(root_real):
-        return []  # reported by validate_manifest
-    cells = table.column(image_column)
-    groups = table.column(group_column) if group_column is not None and group_column in table.header else None
-    undecodable: list[int] = []
-    multi: list[int] = []
-    examples: dict[str, str] = {}
-    first: dict[str, tuple[int, str, str]] = {}  # digest -> (line, cell, group) of the first row with that content
-    copies: list[tuple[tuple[int, str, str], tuple[int, str, str]]] = []
-    seen: set[str] = set()
-    # decoding every image is the slow part of opening a large manifest: a progress bar on a terminal (disable=None:
-    # silent in logs)
-    rows = tqdm(zip(table.line_numbers, cells, groups if groups is not None else [""] * len(cells)),
-                desc="checking images", total=len(cells), unit="image", disable=None)
-    for line, cell, group in rows:
-        if not cell:
-            continue
-        path = image_path(root_real, cell, image_pattern)
-        if path in seen or not is_inside(path, root_real) or not os.path.isfile(path):
-            continue
-        seen.add(path)
-        check = check_image(path)
-        if check.frames > 1:
-            multi.append(line)
-            examples.setdefault("multi", f"{cell!r} has {check.frames} frames")
-        elif check.error is not None:
-            undecodable.append(line)
-            examples.setdefault("undecodable", f"{cell!r}: {check.error}")
-        if check.error is not None or check.digest is None:
-            continue  # one problem per file is enough
-        row = (line, cell, group)
-        earlier = first.setdefault(check.digest, row)
-        if earlier is not row and (groups is None or not group or group != earlier[2]):
-            copies.append((row, earlier))
-
-    problems: list[str] = []
-    if undecodable:
-        problems.append(problem_line(
-            file, f"image cannot be decoded (e.g. {examples['undecodable']})",
-            "replace the file with a valid PNG, JPEG, TIFF or DICOM image, or remove the row", undecodable,
-            image_column))
-    if multi:
-        problems.append(problem_line(
-            file, f"multi-frame image, refused (e.g. {examples['multi']})",
-            "only single-frame images are used: save the frame to train on as its own file and list that (several "
-            "frames: one file and row each, with the same group)", multi, image_column))
-    if copies:
-        def described(row: tuple[int, str, str]) -> str:
-            line, cell, group = row
-            return f"line {line} {cell!r}" + (f" of group {group!r}" if groups is not None else "")
-
-        shown = _capped([f"{described(a)} repeats {described(b)}" for a, b in copies], separator="; ")
-        todo = ("identical images in two groups can land in both train and val: remove one of each pair, or give both "
-                f"rows the same group in column {group_column!r} if they belong to one patient" if groups is not None
-                else "identical images can land in both train and val: remove one of each pair, or set group_column "
-                "and give both rows the same group if they belong to one patient")
-        problems.append(problem_line(
-            file, f"the same image content under two names, {len(copies)} time(s) ({shown}; identical file bytes)",
-            todo, column=image_column))
-    return problems
 
 
 def _image_hw(path: str) -> tuple[int, int] | None:
