@@ -127,23 +127,11 @@ def test_resume_differences_name_every_key_outside_what_a_resume_may_change():
     ]
 
 
-def run_console_script(monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    """``wsca-train argv...`` in this process: its exit status."""
-    from wsca_lightning.cli.train import main
-
-    monkeypatch.setattr(sys, "argv", ["wsca-train", *argv])
-    try:
-        main()
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    return 0
-
-
 @pytest.mark.slow
 def test_the_readme_resume_command_verifies_the_runs_own_config_and_continues_it(tmp_path, monkeypatch, capsys):
     import torch
     from conftest import TINY
-    from test_train_app import epochs_with, read_metrics
+    from test_train_app import epochs_with, read_metrics, run_console_script
 
     run = tmp_path / "run"
     first = [f"hydra.run.dir={run}", *TINY, "data.batch_size=16"]  # 2 epochs

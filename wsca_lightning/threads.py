@@ -37,6 +37,8 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 
+from wsca_lightning.plain import is_int
+
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "torch_threads"
@@ -64,8 +66,8 @@ def whole_number(value: Any, name: str, fix: str) -> int | None:
             number = int(value.strip())
         except ValueError:
             number = None
-    # bool is an int in Python, and 2.0 is no thread count: only real integers pass
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+    # 2.0 is no thread count: only real integers pass (is_int also refuses True)
+    if not is_int(number) or number < 1:
         raise ValueError(f"{name}: {value!r} is not a whole number >= 1; {fix}")
     return number
 
@@ -76,7 +78,7 @@ def parallel_jobs(n_jobs: Any, cores: int) -> int:
     ``None``: a launcher without ``n_jobs`` (the basic one runs one job at a time), or no multirun."""
     if n_jobs is None:
         return 1
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+    if not is_int(n_jobs) or n_jobs == 0:
         raise ValueError(f"hydra.launcher.n_jobs: {n_jobs!r} is not a whole number other than 0")
     return max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs
 

@@ -31,6 +31,8 @@ from lightning.pytorch.callbacks import Callback as LightningCallback
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from wsca_lightning.plain import is_int
+
 log = logging.getLogger(__name__)
 
 LOCK_FILENAME = ".wsca_run.lock"
@@ -128,7 +130,7 @@ def check_settings(cfg: DictConfig) -> list[str]:
     problems = [f"{key}: required and not set; add {key}=<value> to the command line"
                 for key, value in _task_values(cfg).items() if value == "???"]
     seed = _select(cfg, "seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+    if not is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         problems.append(f"seed: must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed!r}")
     overwrite = _select(cfg, "overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
