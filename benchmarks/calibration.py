@@ -1,6 +1,6 @@
 """Calibration suite: the shortcut verdict's false-positive rate and power, measured over many small trainings.
 
-Scenarios (each run is its own seed and its own data draw; see the README, "Calibration"):
+Scenarios (each run is its own seed and its own data draw; see docs/method.md, "Calibration"):
 
 - H0 runs, built-in data, ``shortcut_strength = 0``, 40 seeds. Three null hypotheses are tested in each run:
   H0a the scanner (strongly drawn into the image, independent of the label in training), H0b ``referral`` (drawn
@@ -251,7 +251,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """The README's table: per scenario and reading, the rate of "significant" [Clopper-Pearson 95 %] (n), and the
+    """The calibration table of docs/method.md: per scenario and reading, the rate of "significant" [Clopper-Pearson 95 %] (n), and the
     permutation part alone (the old rule) beside it."""
     readings = [r for r in READINGS if any((t["head_mode"], t["protocol"]) == r for t in result["table"])]
     head = "| scenario | " + " | ".join(f"{m} runs, `{p}`" for m, p in readings) + " |"

@@ -18,13 +18,13 @@ import lightning as L
 import torch
 
 from wsca_lightning.callbacks import WeightSpaceCorrelation
-from wsca_lightning.callbacks.wsc import analysis_view, embed_dataset
+from wsca_lightning.epoch_analysis import analysis_view, embed_dataset
 from wsca_lightning.cli.train import compose_train_config, train
 from wsca_lightning.data import SyntheticUltrasoundDataModule
 from wsca_lightning.data.counterfactual import counterfactual_dependence
 from wsca_lightning.models.module import class_probabilities
 
-#: The run's training settings (small enough for hundreds of runs on a 2-core CPU; see the README's calibration).
+#: The run's training settings (small enough for hundreds of runs on a 2-core CPU; see docs/method.md, "Calibration").
 RUN_OVERRIDES: tuple[str, ...] = (
     "data.num_train=800",
     "data.image_size=[32,48]",
@@ -63,7 +63,7 @@ class Capture(L.Callback):
         dm = trainer.datamodule
         picker = WeightSpaceCorrelation(subset_size=self.subset_size, seed=self.seed, save_plots=False)
         train_view = analysis_view(dm.train_dataset)
-        train = embed_dataset(pl_module, train_view, picker.subset_indices(len(train_view)), batch_size=128)
+        train = embed_dataset(pl_module, train_view, picker.evaluator.subset_indices(len(train_view)), batch_size=128)
         val_view = analysis_view(dm.val_dataset)
         val = embed_dataset(pl_module, val_view, list(range(len(val_view))), batch_size=128)
         heads = pl_module.wsc_head_weights()
@@ -137,7 +137,7 @@ def verdict_rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
     primary = artifact["primary"]
     targets, heads = artifact["train_targets"], artifact["heads"]
     tasks = [t for t in heads if t not in (primary, "bmi")]  # bmi (the gate's negative control) is in no scenario
-    gate_rows = torch.tensor(picker.holdout_indices(artifact["val_embeddings"].shape[0]))
+    gate_rows = torch.tensor(picker.evaluator.holdout_indices(artifact["val_embeddings"].shape[0]))
     embeddings = artifact["train_embeddings"]
     y = targets[primary]
     fit_idx, _ = split_subset(embeddings.shape[0], settings.holdout_fraction, settings.seed)

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-import wsca_lightning.callbacks.wsc as wsc_callback
-import wsca_lightning.plots as plots
+import wsca_lightning.epoch_analysis.outputs as outputs
 from wsca_lightning.callbacks import WeightSpaceCorrelation
 from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
 from wsca_lightning.data import SyntheticUltrasoundDataModule
@@ -46,9 +45,9 @@ def recording_writes(write: Callable[..., Any], path_position: int) -> Callable[
 
 
 # module level, so the spawned processes (which re-import this file) record too
-wsc_callback.write_table = recording_writes(wsc_callback.write_table, 1)
-wsc_callback.write_summary = recording_writes(wsc_callback.write_summary, 1)
-plots.save_figure = recording_writes(plots.save_figure, 1)
+outputs.write_table = recording_writes(outputs.write_table, 1)
+outputs.write_summary = recording_writes(outputs.write_summary, 1)
+outputs.save_figure = recording_writes(outputs.save_figure, 1)
 np.savez = recording_writes(np.savez, 0)
 
 
@@ -66,8 +65,13 @@ class EmbedFailure(MultiHeadModule):
 class AnalysisFailure(WeightSpaceCorrelation):
     """Raises in the analysis, which runs on global rank zero."""
 
-    def analyze_heads(self, *args: Any, **kwargs: Any) -> Any:
-        raise ValueError("injected failure in the analysis")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+        def fail(*_: Any, **__: Any) -> Any:
+            raise ValueError("injected failure in the analysis")
+
+        self.evaluator.analyze_heads = fail
 
 
 def outcome(work: Callable[[], Any]) -> Any:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from wsca_lightning.callbacks import WeightSpaceCorrelation
 from wsca_lightning.cli.train import train
+from wsca_lightning.epoch_analysis import AlarmSettings, ShortcutAlarm
 from wsca_lightning.interface import HeadWeights
 from test_callback import TupleBatchModule
 
@@ -221,7 +222,7 @@ def _entry(interpretable: bool, p: float | None) -> dict[str, Any]:
 
 
 def test_update_rule_counts_only_interpretable_and_strictly_significant_epochs():
-    callback = WeightSpaceCorrelation(k_min=4, alarm={"tasks": ["scanner"], "alpha": 0.05, "patience": 3})
+    alarm = ShortcutAlarm(AlarmSettings(tasks=("scanner",), alpha=0.05, patience=3))
     steps = [
         (_entry(True, 0.01), 1, []),
         (_entry(True, 0.049), 2, []),
@@ -234,8 +235,8 @@ def test_update_rule_counts_only_interpretable_and_strictly_significant_epochs()
         (_entry(True, None), 0, []),  # no p-value: reset
     ]
     for epoch, (entry, count, fired) in enumerate(steps):
-        assert callback._update_alarm(entry, epoch) == fired, epoch
-        assert callback.alarm_counts == {"scanner": count}, epoch
+        assert alarm.update(entry) == fired, epoch
+        assert alarm.counts == {"scanner": count}, epoch
 
 
 # --- 2. SIGKILL mid-epoch, then resume from last.ckpt ------------------------------------------------------------

@@ -141,9 +141,9 @@ def test_every_n_epochs_skips_epochs_but_always_computes_the_last(tmp_path):
 
 
 def test_subset_is_fixed_seeded_and_sorted():
-    a = WeightSpaceCorrelation(subset_size=10, seed=3)
-    assert a.subset_indices(100) == WeightSpaceCorrelation(subset_size=10, seed=3).subset_indices(100)
-    assert a.subset_indices(100) != WeightSpaceCorrelation(subset_size=10, seed=4).subset_indices(100)
+    a = WeightSpaceCorrelation(subset_size=10, seed=3).evaluator
+    assert a.subset_indices(100) == WeightSpaceCorrelation(subset_size=10, seed=3).evaluator.subset_indices(100)
+    assert a.subset_indices(100) != WeightSpaceCorrelation(subset_size=10, seed=4).evaluator.subset_indices(100)
     assert a.subset_indices(100) == sorted(set(a.subset_indices(100)))
     assert a.subset_indices(6) == [0, 1, 2, 3, 4, 5]
 

@@ -1,45 +1,173 @@
-"""The experiment configs (conf/experiment) and what they rely on: the paper's training subsets on the built-in data,
-the clinical columns of the SA-SonoNet study, the k sweep setting and the cosine learning-rate schedule."""
+"""The experiment configs (conf/experiment) and what they rely on: each experiment's sweep composed job by job (what
+`wsca-train -m experiment=<name>` runs), the paper's training subsets on the built-in data, the clinical columns of
+the SA-SonoNet study, the k sweep setting and the cosine learning-rate schedule."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from importlib.resources import files
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
+from wsca_lightning.cli.common import instantiate_node
 from wsca_lightning.cli.train import compose_train_config
 from wsca_lightning.data.datamodule import SyntheticUltrasoundDataModule
 from wsca_lightning.data.synthetic import REFERENCE_SIZE, sample_metadata, split_generator
 from wsca_lightning.models import MultiHeadModule
+from wsca_lightning.tasks import TaskSpec
 
-EXPERIMENTS = sorted(p.stem for p in Path(str(files("wsca_lightning.conf") / "experiment")).glob("*.yaml"))
-SWEEPS = {
-    "induced_bias": {"data.subset.mode": "full,balanced,biased", "model.head_mode": "multitask,probe_online",
-                     "seed": "0,1,2,3"},
-    "fashion_induced_bias": {"data.subset.mode": "full,balanced,biased", "model.head_mode": "multitask,probe_online",
-                             "seed": "0,1,2,3"},
-    "k_sensitivity": {"data.subset.mode": "balanced,biased", "model.head_mode": "multitask", "seed": "0,1,2,3"},
-    "shortcut_sweep": {"data.shortcut_strength": "0.0,0.2,0.4,0.6,0.8,1.0", "seed": "0,1,2"},
-    "encodability": {"seed": "0,1,2,3"},
+EXPERIMENT_DIR = Path(str(files("wsca_lightning.conf") / "experiment"))
+EXPERIMENTS = sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+INDUCED_BIAS = {"data.subset.mode": ["full", "balanced", "biased"], "model.head_mode": ["multitask", "probe_online"],
+                "seed": [0, 1, 2, 3]}
+#: the conditions each experiment's header promises, as composed values; its jobs are exactly their product
+CONDITIONS = {
+    "induced_bias": INDUCED_BIAS,
+    "fashion_induced_bias": INDUCED_BIAS,
+    "k_sensitivity": {"data.subset.mode": ["balanced", "biased"], "model.head_mode": ["multitask"],
+                      "seed": [0, 1, 2, 3]},
+    "shortcut_sweep": {"data.shortcut_strength": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "seed": [0, 1, 2]},
+    "encodability": {"seed": [0, 1, 2, 3]},
 }
+#: keys that follow the seed by interpolation (${seed}): a job's seed also draws its data and its analysis subset
+SEEDED = {"data.seed", "callbacks.wsc.seed"}
+
+
+def sweep_jobs(cfg: DictConfig) -> list[list[str]]:
+    """The command-line overrides of every job `wsca-train -m` starts for this composed config, as Hydra's basic
+    sweeper expands ``hydra.sweeper.params``."""
+    params = cfg.hydra.sweeper.params or {}
+    overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def flat(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config as ``{dotted key: value}``, without Hydra's own node."""
+    out: dict[str, object] = {}
+
+    def walk(node: object, key: str) -> None:
+        if isinstance(node, dict) and node:
+            for name, value in node.items():
+                walk(value, f"{key}.{name}" if key else str(name))
+        else:
+            out[key] = node
+
+    walk(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True), "")
+    return out
+
+
+def instantiate_cheap_parts(cfg: DictConfig) -> None:
+    """Build what a job would build before training, without rendering or reading data: the datamodule (its
+    __init__ checks the whole data config), the model on two made-up tasks and the data's input shape, and every
+    callback."""
+    instantiate_node(cfg, "data")
+    tasks = [TaskSpec("label", "categorical", ("a", "b", "c")).to_dict(),
+             TaskSpec("scanner", "categorical", ("x", "y", "z")).to_dict()]
+    instantiate_node(cfg, "model", tasks=tasks, primary="label",
+                     input_shape=[cfg.data.in_channels, *cfg.data.image_size])
+    for name, node in cfg.callbacks.items():
+        if node is not None:
+            instantiate_node(cfg, f"callbacks.{name}")
+
+
+@pytest.fixture(scope="module")
+def composed_sweeps(tmp_path_factory) -> dict[str, tuple[DictConfig, list[list[str]], dict[str, DictConfig]]]:
+    """Per experiment: its composed config, every job's overrides, and the composed config of one job per distinct
+    condition apart from the seed, plus the last job (another seed)."""
+    out = {}
+    for name in EXPERIMENTS:
+        run_dir = tmp_path_factory.mktemp(name) / "run"  # one for all jobs: only what the sweep changes differs
+        cfg = compose_train_config(run_dir, [f"experiment={name}"])
+        jobs = sweep_jobs(cfg)
+        chosen: dict[str, list[str]] = {}
+        for job in jobs:
+            condition = " ".join(o for o in job if not o.startswith("seed="))
+            chosen.setdefault(condition, job)
+        if jobs:  # the first condition with the last seed
+            last_seed = [o for o in jobs[-1] if o.startswith("seed=")]
+            chosen["last seed"] = [o for o in jobs[0] if not o.startswith("seed=")] + last_seed
+        composed = {" ".join(job): compose_train_config(run_dir, [f"experiment={name}", *job])
+                    for job in chosen.values()}
+        out[name] = (cfg, jobs, composed)
+    return out
 
 
 def test_the_issue_experiments_are_all_there():
-    assert set(SWEEPS) | {"sasononet_cervix", "shortcut"} == set(EXPERIMENTS)
+    assert set(CONDITIONS) | {"sasononet_cervix", "shortcut"} == set(EXPERIMENTS)
+
+
+def job_values(job: list[str]) -> dict[str, object]:
+    """A job's overrides as typed values (``seed=2`` -> 2, ``data.shortcut_strength=0.2`` -> 0.2)."""
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(job)}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_experiment_composes_with_its_sweep_and_own_sweep_dir(name, tmp_path):
-    cfg = compose_train_config(tmp_path / "run", [f"experiment={name}"])
-    params = cfg.hydra.sweeper.params or {}
-    assert {k: str(v) for k, v in params.items()} == SWEEPS.get(name, {})
-    if name in SWEEPS:
+def test_each_sweep_runs_exactly_the_conditions_its_header_promises(name, composed_sweeps):
+    cfg, jobs, composed = composed_sweeps[name]
+    conditions = CONDITIONS.get(name, {})
+    expected = set(itertools.product(*conditions.values()))
+    assert sorted(tuple(job_values(job)[key] for key in conditions) for job in jobs) == sorted(expected)
+    # and each job's composed config runs its condition (every distinct condition, and a second seed)
+    for job, job_cfg in composed.items():
+        assert {key: OmegaConf.select(job_cfg, key) for key in conditions} == job_values(job.split()), job
+    # the job count the header states ("= 24 jobs", "8 jobs:")
+    stated = re.search(r"(\d+) jobs", (EXPERIMENT_DIR / f"{name}.yaml").read_text())
+    if stated:
+        assert int(stated.group(1)) == len(jobs)
+    if conditions:
         assert f"multirun/{name}/" in cfg.hydra.sweep.dir
-    instantiate(cfg.callbacks.wsc)  # the callback settings are valid
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_jobs_differ_only_in_the_swept_keys_and_the_seed(name, composed_sweeps):
+    cfg, _, composed = composed_sweeps[name]
+    reference = flat(cfg)
+    swept = set(CONDITIONS.get(name, {}))
+    allowed = swept | (SEEDED if "seed" in swept else set())
+    for job, job_cfg in composed.items():
+        values = flat(job_cfg)
+        assert values.keys() == reference.keys(), job
+        changed = {key for key in values if values[key] != reference[key]}
+        assert changed <= allowed, job
+        if "seed" in changed:
+            assert {values[key] for key in SEEDED} == {values["seed"]}, job
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_condition_builds_its_data_model_and_callbacks(name, composed_sweeps):
+    cfg, _, composed = composed_sweeps[name]
+    if cfg.data._target_.endswith("FashionUltrasoundDataModule") and not Path(cfg.data.root).is_dir():
+        pytest.skip(f"needs the Fashion-MNIST files in {cfg.data.root}")
+    for job_cfg in [cfg, *composed.values()]:
+        instantiate_cheap_parts(job_cfg)
+    instantiate(cfg.callbacks.wsc)  # the callback settings are valid as Hydra instantiates them too
+
+
+def test_what_the_experiments_set_beyond_their_sweeps(composed_sweeps):
+    encodability = composed_sweeps["encodability"][0]
+    assert encodability.model.head_mode == "probe_online" and encodability.callbacks.wsc.protocol == "probe_refit"
+    assert {"gestational_age", "birth_weight", "preterm"} <= set(encodability.data.metadata)
+    k_sensitivity = composed_sweeps["k_sensitivity"][0]
+    assert list(k_sensitivity.callbacks.wsc.k_values) == [10, 20, 30, 40, 50, 75, 100, 128, 256, 512, 1024, 2048]
+    fashion = composed_sweeps["fashion_induced_bias"][0]
+    assert fashion.data._target_.endswith("FashionUltrasoundDataModule")
+    assert fashion.model.optimizer.schedule == "cosine"  # the rest as induced_bias
+    shortcut = composed_sweeps["shortcut"][0]
+    assert shortcut.data.shortcut_strength == 1.0 and list(shortcut.callbacks.wsc.alarm.tasks) == ["scanner"]
+
+
+def test_sasononet_cervix_gives_eight_channels_to_the_data_and_the_model(composed_sweeps):
+    cfg = composed_sweeps["sasononet_cervix"][0]
+    assert cfg.data.in_channels == 8 and cfg.model.backbone.in_channels == 8
+    assert cfg.model.embedding == "adaptation_map" and cfg.model.backbone.name == "sononet32"
 
 
 def _cell_counts(dm: SyntheticUltrasoundDataModule, split: str = "train") -> torch.Tensor:
@@ -163,6 +291,7 @@ def test_sasononet_cervix_primary_is_the_all_ones_head_over_the_adaptation_map(t
                                            "bmi", "gestational_age"}
     model = instantiate(cfg.model, tasks=[s.to_dict() for s in specs], primary=dm.primary_task,
                         input_shape=list(dm.input_shape))
+    assert model.backbone.in_channels == 8 and model.hparams.backbone["in_channels"] == 8
     weight = model.wsc_head_weights()["preterm"].weight
     # the all-ones direction (global average pooling: 1/48 each, and only directions enter a cosine)
     assert weight.shape == (1, 6 * 8) and torch.allclose(weight, torch.full_like(weight, 1 / 48))

@@ -194,7 +194,7 @@ def test_every_option_error_is_reported_at_once_with_its_key(root) -> None:
         assert key in message, key
     assert message.startswith("invalid fashion_mnist data config (")
     with pytest.raises(ValueError, match="num_train: the train split .* holds 120 images of the 4 classes, got 121"):
-        FashionUltrasoundDataModule(root=str(root), num_train=121, **small())
+        FashionUltrasoundDataModule(root=str(root), num_train=121, **small()).prepare_data()
 
 
 def test_missing_root_or_file_names_every_layout_and_how_to_get_the_data(tmp_path, root) -> None:

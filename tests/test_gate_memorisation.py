@@ -1,4 +1,4 @@
-"""The encodability gate cannot be fooled by memorisation (README "The shortcut test", item "Is it encoded?").
+"""The encodability gate cannot be fooled by memorisation (docs/method.md, "The shortcut test", question "Is it encoded?").
 
 A multitask model trained long enough on few images memorises a pure-noise column (``bmi`` is never rendered) through
 its trained head: on the *training* images the column looks predictable, because the backbone saw them. Measured on

@@ -113,3 +113,14 @@ def test_the_wheel_without_extras_runs_the_default_command_from_another_director
     assert json.loads(summary.read_text())["wsca_lightning_version"] == wsca_lightning.__version__
     assert [p.name for p in (run / "wsc" / "heatmaps").glob("*.png")] == ["epoch_0000.png"]
     assert (run / "wsc" / "wsc_over_epochs.png").stat().st_size > 0
+
+
+def test_every_package_of_the_source_tree_is_listed_for_the_wheel():
+    """setuptools ships only the packages pyproject.toml lists: a new subpackage left out installs without it (the
+    wheel test above would catch it too, but only in the slow run)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    source = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "wsca_lightning").rglob("__init__.py")}
+    assert source - {"wsca_lightning.conf"} <= listed, sorted(source - listed)
+    assert "wsca_lightning.conf" in listed  # conf/ ships as wsca_lightning.conf (package-dir)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from wsca_lightning.tasks import HeadConfig
 from wsca_lightning.data.manifest import (
-    ColumnSpec,
     ManifestError,
     encode_labels,
     parse_splits,
@@ -31,8 +31,8 @@ ROWS = [  # line 2 .. line 9
     ["g.png", "benign", "S1", "0.3", "p7", "test"],
     ["h.png", "malignant", "S2", "1.2", "p8", "test"],
 ]
-TARGET = ColumnSpec("label", "binary")
-METADATA = {"scanner": ColumnSpec("scanner"), "spacing": ColumnSpec("spacing", "continuous", bins=2)}
+TARGET = HeadConfig("label", "binary")
+METADATA = {"scanner": HeadConfig("scanner"), "spacing": HeadConfig("spacing", "continuous", bins=2)}
 
 
 def png(path: Path, value: int = 0) -> None:
@@ -61,7 +61,7 @@ def root(tmp_path: Path) -> Path:
 def check(table, root, **kw):
     options = dict(root=root, target=TARGET, metadata=METADATA, group_column="patient", split_column="split")
     options.update(kw)
-    return validate_manifest(table, **options)
+    return [str(p) for p in validate_manifest(table, **options)]
 
 
 @pytest.mark.parametrize("delimiter", [",", ";", "\t"])
@@ -104,7 +104,7 @@ def test_ragged_rows_and_duplicate_header_all_reported(tmp_path: Path) -> None:
                  [["a", "1", "2"], ["b", "1"], ["c", "1", "2", "3"], ["d"], ["e", "1", "2", ""]])
     with pytest.raises(ManifestError) as info:
         read_manifest(path)
-    problems = info.value.problems
+    problems = [str(p) for p in info.value.problems]
     assert len(problems) == 3, problems
     assert any("r.csv: repeated column name(s) 'label' in the header (line 1)" in p for p in problems)
     assert any("r.csv: 1 row(s) with more cells than the 3 header columns (delimiter ',') (line 4)" in p
@@ -115,8 +115,8 @@ def test_ragged_rows_and_duplicate_header_all_reported(tmp_path: Path) -> None:
 
 def test_unknown_columns_listed_with_hints(root: Path, tmp_path: Path) -> None:
     table = read_manifest(write(tmp_path / "m.csv", HEADER, ROWS))
-    problems = check(table, root, image_column="img", target=ColumnSpec("Label", "binary"),
-                     metadata={"site": ColumnSpec("hospital")}, group_column=None, split_column=None)
+    problems = check(table, root, image_column="img", target=HeadConfig("Label", "binary"),
+                     metadata={"site": HeadConfig("hospital")}, group_column=None, split_column=None)
     assert len(problems) == 3, problems
     text = "\n".join(problems)
     assert "m.csv: image_column refers to a column that is not in the header [column 'img']: did you mean " \
@@ -161,13 +161,13 @@ def test_target_problems(root: Path, tmp_path: Path) -> None:
     assert "m.csv: target: binary needs exactly 2 classes, found 3 ('benign', 'malignant', 'unsure') " \
            "[column 'label']" in text
     # restricting the classes turns the extra value into a row error
-    text = "\n".join(check(table, root, target=ColumnSpec("label", "binary", classes=("benign", "malignant"))))
+    text = "\n".join(check(table, root, target=HeadConfig("label", "binary", classes=("benign", "malignant"))))
     assert "m.csv: target value(s) 'unsure' not in classes ['benign', 'malignant'] (line 6) [column 'label']" in text
     # categorical: a class only outside train is flagged
-    text = "\n".join(check(table, root, target=ColumnSpec("label")))
+    text = "\n".join(check(table, root, target=HeadConfig("label")))
     assert "target class(es) 'unsure' never occur in the train split (line 6) [column 'label']" in text
     # continuous target refused
-    problems = check(table, root, target=ColumnSpec("spacing", "continuous"), metadata={})
+    problems = check(table, root, target=HeadConfig("spacing", "continuous"), metadata={})
     assert any(p.startswith("target: type must be binary or categorical") for p in problems)
 
 
@@ -177,8 +177,8 @@ def test_metadata_problems(root: Path, tmp_path: Path) -> None:
     rows[1][3] = "abc"     # line 3
     rows[5][3] = "0,75"    # line 7 (decimal comma)
     table = read_manifest(write(tmp_path / "m.csv", header, rows, ";"))
-    metadata = {**METADATA, "empty": ColumnSpec("empty"), "const": ColumnSpec("const"),
-                "site": ColumnSpec("site", "continuous")}
+    metadata = {**METADATA, "empty": HeadConfig("empty"), "const": HeadConfig("const"),
+                "site": HeadConfig("site", "continuous")}
     problems = check(table, root, metadata=metadata)
     text = "\n".join(problems)
     assert "m.csv: metadata head 'spacing': not a number ('0,75', 'abc') (decimal commas such as '0,75'? write " \
@@ -234,17 +234,17 @@ def test_fetal_planes_style(tmp_path: Path) -> None:
     table = read_manifest(path)
     assert table.delimiter == ";" and table.header[-1] == "Train "
     options = dict(root=root, image_column="Image_name", image_pattern="Images/{}.png",
-                   target=ColumnSpec("Plane"), metadata={"machine": ColumnSpec("US_Machine", "binary"),
-                                                         "operator": ColumnSpec("Operator")},
+                   target=HeadConfig("Plane"), metadata={"machine": HeadConfig("US_Machine", "binary"),
+                                                         "operator": HeadConfig("Operator")},
                    group_column="Patient_num", split_values={"1": "train", "0": "test"})
     assert validate_manifest(table, split_column="Train ", **options) == []
-    problems = validate_manifest(table, split_column="Train", **options)
+    problems = [str(p) for p in validate_manifest(table, split_column="Train", **options)]
     assert len(problems) == 1
     assert "split_column refers to a column that is not in the header [column 'Train']: the header has 'Train ' " \
            "(differs in spaces or case); use exactly 'Train '" in problems[0]
     # without split_values the 1/0 cells are unknown splits
     options["split_values"] = None
-    problems = validate_manifest(table, split_column="Train ", **options)
+    problems = [str(p) for p in validate_manifest(table, split_column="Train ", **options)]
     assert any("unknown split value(s) '0', '1' (lines 2, 3, 4, 5, 6 and 3 more) [column 'Train ']" in p
                for p in problems)
     assert listing(root) == before
@@ -257,19 +257,19 @@ def test_encode_labels_fits_on_train_rows_only(root: Path, tmp_path: Path) -> No
     fit = [i for i, s in enumerate(parse_splits(table, "split")) if s == "train"]
     assert fit == [0, 1, 2, 3]
 
-    spec, labels = encode_labels(table, ColumnSpec("scanner"), name="scanner", fit_rows=fit)
+    spec, labels = encode_labels(table, HeadConfig("scanner"), name="scanner", fit_rows=fit)
     assert spec.kind == "categorical" and spec.class_names == ("S1", "S2")
     assert labels == [0, 1, 0, 1, 0, 1, IGNORE_INDEX, 1]
     with pytest.raises(ValueError, match=r"scanner: value\(s\) not among the classes \['S1', 'S2'\] \(line 8\)"):
-        encode_labels(table, ColumnSpec("scanner"), name="scanner", fit_rows=fit, strict=True)
+        encode_labels(table, HeadConfig("scanner"), name="scanner", fit_rows=fit, strict=True)
 
-    spec, labels = encode_labels(table, ColumnSpec("spacing", "continuous", bins=2), name="spacing", fit_rows=fit)
+    spec, labels = encode_labels(table, HeadConfig("spacing", "continuous", bins=2), name="spacing", fit_rows=fit)
     expected = fit_bin_edges(torch.tensor([0.5, 0.7, float("nan"), 1.0], dtype=torch.float64), 2)
     assert spec.bin_edges == tuple(expected.tolist()) == (0.5, 0.75, 1.0)  # train rows only (test has 0.3, 1.2)
     assert spec.class_names == ("[0.5, 0.75)", "[0.75, 1]")
     assert labels == [0, 0, IGNORE_INDEX, 1, 0, 1, 0, 1]  # outside the train range -> first / last bin
 
-    spec, labels = encode_labels(table, ColumnSpec("label", "binary", classes=("malignant", "benign")),
+    spec, labels = encode_labels(table, HeadConfig("label", "binary", classes=("malignant", "benign")),
                                  name="label", fit_rows=fit, strict=True)
     assert spec.class_names == ("malignant", "benign") and labels[:2] == [1, 0]
 
@@ -277,17 +277,17 @@ def test_encode_labels_fits_on_train_rows_only(root: Path, tmp_path: Path) -> No
 def test_natural_class_order(tmp_path: Path) -> None:
     table = read_manifest(write(tmp_path / "m.csv", ["image", "site"],
                                 [[f"{i}.png", s] for i, s in enumerate(["site10", "site2", "site1", ""])]))
-    spec, labels = encode_labels(table, ColumnSpec("site"), name="site", fit_rows=range(4))
+    spec, labels = encode_labels(table, HeadConfig("site"), name="site", fit_rows=range(4))
     assert spec.class_names == ("site1", "site2", "site10") and labels == [2, 1, 0, IGNORE_INDEX]
 
 
 def test_column_spec_from_mapping() -> None:
-    spec = ColumnSpec.from_mapping("metadata.spacing", {"column": "px_spacing", "type": "continuous", "bins": 6,
+    spec = HeadConfig.from_mapping("metadata.spacing", {"column": "px_spacing", "type": "continuous", "bins": 6,
                                                         "binning": "quantile"})
-    assert spec == ColumnSpec("px_spacing", "continuous", 6, "quantile") and spec.num_bins == 6
-    assert ColumnSpec.from_mapping("target", {"column": "y", "classes": [0, 1]}).classes == ("0", "1")
+    assert spec == HeadConfig("px_spacing", "continuous", 6, "quantile") and spec.num_bins == 6
+    assert HeadConfig.from_mapping("target", {"column": "y", "classes": [0, 1]}).classes == ("0", "1")
     with pytest.raises(ValueError) as info:
-        ColumnSpec.from_mapping("metadata.site", {"colum": "x", "type": "categorical", "bins": 3,
+        HeadConfig.from_mapping("metadata.site", {"colum": "x", "type": "categorical", "bins": 3,
                                                   "binning": "quantile"})
     lines = str(info.value).splitlines()
     assert "metadata.site.colum: unknown field; valid fields: column, type, bins, binning, classes" in lines
@@ -295,11 +295,11 @@ def test_column_spec_from_mapping() -> None:
     assert "metadata.site.bins: only continuous heads are binned; remove it from this categorical head" in lines
     assert "metadata.site.binning: only continuous heads are binned; remove it from this categorical head" in lines
     with pytest.raises(ValueError, match=r"target.type: must be one of binary, categorical, continuous"):
-        ColumnSpec.from_mapping("target", {"column": "y", "type": "ordinal"})
+        HeadConfig.from_mapping("target", {"column": "y", "type": "ordinal"})
     with pytest.raises(ValueError, match=r"m.classes: a binary head needs exactly 2 classes"):
-        ColumnSpec.from_mapping("m", {"column": "y", "type": "binary", "classes": ["a", "b", "c"]})
+        HeadConfig.from_mapping("m", {"column": "y", "type": "binary", "classes": ["a", "b", "c"]})
     with pytest.raises(ValueError, match=r"bins: continuous heads need bins >= 2"):
-        ColumnSpec("x", "continuous", bins=1)
+        HeadConfig("x", "continuous", bins=1)
 
 
 def test_excel_artefacts_and_config_problems(root: Path, tmp_path: Path) -> None:
@@ -313,8 +313,8 @@ def test_excel_artefacts_and_config_problems(root: Path, tmp_path: Path) -> None
     with pytest.raises(ManifestError, match=r"cells under a column with no name \(column\(s\) 3\) \(line 2\)"):
         read_manifest(path)
     table = read_manifest(write(tmp_path / "h.csv", ["image", "label"], []))
-    problems = validate_manifest(table, root=tmp_path / "nowhere", target=TARGET,
-                                 metadata={"bad.name": ColumnSpec("label")}, image_pattern="img.png")
+    problems = [str(p) for p in validate_manifest(table, root=tmp_path / "nowhere", target=TARGET,
+                                 metadata={"bad.name": HeadConfig("label")}, image_pattern="img.png")]
     text = "\n".join(problems)
     assert "h.csv: image_pattern 'img.png' must contain '{}'" in text
     assert "metadata.bad.name: head name 'bad.name' must be a non-empty string" in text
@@ -366,9 +366,9 @@ def test_one_class_spelled_two_ways_is_refused_naming_values_and_lines(root: Pat
     # the encoder refuses on its own too (the metadata table calls it without the validator)
     with pytest.raises(ValueError, match=r"m.csv: y: the same class written in different ways .*'Malignant' "
                                          r"\(line 5\)"):
-        encode_labels(table, ColumnSpec("label"), name="y", fit_rows=range(8))
+        encode_labels(table, HeadConfig("label"), name="y", fit_rows=range(8))
     # listing the classes is the documented way out: the other spelling is outside them, and said to be a respelling
-    listed = ColumnSpec("label", "binary", classes=("benign", "malignant"))
+    listed = HeadConfig("label", "binary", classes=("benign", "malignant"))
     text = "\n".join(check(table, root, target=listed, metadata={}))
     assert "target value(s) 'Malignant' not in classes ['benign', 'malignant'] ('Malignant' is 'malignant' spelled " \
            "differently) (line 5) [column 'label']" in text
@@ -429,9 +429,9 @@ def test_utf16_and_nul_characters_are_refused_naming_the_file(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("values, spec, reason", [
-    (["1e308", "-1e308", "0", "5"], ColumnSpec("spacing", "continuous", bins=2),
+    (["1e308", "-1e308", "0", "5"], HeadConfig("spacing", "continuous", bins=2),
      r"values -1e\+308 \.\. 1e\+308 give unusable bin edges"),  # the span overflows: inf/nan edges
-    (["1", "1", "1", "2"], ColumnSpec("spacing", "continuous", bins=2, binning="quantile"),
+    (["1", "1", "1", "2"], HeadConfig("spacing", "continuous", bins=2, binning="quantile"),
      r"quantile binning into 2 bins gives repeated edges"),
 ])
 def test_unbinnable_column_is_refused_by_the_validator_and_the_encoder(root: Path, tmp_path: Path, values, spec,

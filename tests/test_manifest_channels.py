@@ -75,7 +75,14 @@ def _overrides(csv: Path, root: Path, *extra: str) -> list[str]:
 
 
 def _dm(csv, root, out, *extra):
-    return instantiate_node(compose_train_config(out, _overrides(csv, root, *extra)), "data")
+    """The datamodule with its data checked and set up (the data is read in prepare_data, not the constructor)."""
+    dm = instantiate_node(compose_train_config(out, _overrides(csv, root, *extra)), "data")
+    try:
+        dm.prepare_data()
+        dm.setup("fit")
+    except ConfigError as err:  # keyed from the data node, as wsca-train reports it
+        raise err.under("data") from err
+    return dm
 
 
 def _row(dm, index: int) -> dict:

@@ -167,7 +167,10 @@ def fetal(tmp_path_factory):
 
 def _fetal(root: Path, out: Path, *extra: str):
     cfg = compose_train_config(out, ["data=fetal_planes", f"data.root={root}", *RUN, *extra])
-    return cfg, instantiate_node(cfg, "data")
+    dm = instantiate_node(cfg, "data")
+    dm.prepare_data()
+    dm.setup("fit")
+    return cfg, dm
 
 
 def _cells(dm) -> dict[tuple[int, int], int]:

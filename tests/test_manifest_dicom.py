@@ -212,7 +212,10 @@ def _dm(csv, root, **kwargs):
                 dicom_columns={"scanner": "Manufacturer", "px_x": "PixelSpacing[1]"},
                 metadata={"scanner": {"column": "scanner"}})
     args.update(kwargs)
-    return ManifestDataModule(**args)
+    dm = ManifestDataModule(**args)
+    dm.prepare_data()  # the data is read and checked here, not in the constructor
+    dm.setup("fit")
+    return dm
 
 
 def test_manifest_of_dicoms_with_header_columns(dicom_manifest):

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from wsca_lightning.problems import Problem
+from wsca_lightning.tasks import HeadConfig
 from wsca_lightning.data.manifest import (
-    ColumnSpec,
     ManifestError,
     encode_labels,
     parse_splits,
@@ -113,10 +114,10 @@ def manifests(draw: st.DrawFn) -> tuple[bytes, str | None, dict]:
     if draw(st.integers(0, 30)) == 30 and raw:  # (not 0: the examples hypothesis draws first are all zeros)
         raw = raw[: draw(st.integers(0, len(raw)))]  # a truncated file (an unclosed quote, half a row)
     config = {
-        "target": ColumnSpec("label", draw(st.sampled_from(["binary", "categorical"])),
+        "target": HeadConfig("label", draw(st.sampled_from(["binary", "categorical"])),
                              classes=draw(st.sampled_from([None, None, ("benign", "malignant")]))),
-        "metadata": {"scanner": ColumnSpec("scanner"),
-                     "spacing": ColumnSpec("spacing", "continuous", bins=2,
+        "metadata": {"scanner": HeadConfig("scanner"),
+                     "spacing": HeadConfig("spacing", "continuous", bins=2,
                                            binning=draw(st.sampled_from(["equal_width", "quantile"])))},
         "group_column": draw(st.sampled_from(["patient", None])),
         "split_column": draw(st.sampled_from(["split", "split", None])),
@@ -144,7 +145,7 @@ def check_reader_result(table, file: str) -> None:
 
 def check_valid_table(table, config: dict) -> None:
     """A table that validates clean encodes without error into labels that mean what the table says."""
-    target: ColumnSpec = config["target"]
+    target: HeadConfig = config["target"]
     splits = parse_splits(table, config["split_column"]) if config["split_column"] else [None] * len(table.rows)
     fit = [i for i, s in enumerate(splits) if s == "train"] if config["split_column"] else list(range(len(splits)))
     task, labels = encode_labels(table, target, name="y", fit_rows=fit, strict=True)
@@ -206,7 +207,7 @@ def test_any_manifest_loads_consistently_or_fails_naming_the_file(case, data_roo
         table = read_manifest(path, delimiter)
     except Exception as error:  # noqa: BLE001 -- the assertion is on which exception it is
         named(error, file)
-        assert all(p.startswith(f"{file}: ") for p in error.problems)  # type: ignore[attr-defined]
+        assert all(p.message.startswith(f"{file}: ") for p in error.problems)  # type: ignore[attr-defined]
         return
     check_reader_result(table, file)
 
@@ -216,7 +217,7 @@ def test_any_manifest_loads_consistently_or_fails_naming_the_file(case, data_roo
                                      split_column=config["split_column"])
     except Exception as error:  # noqa: BLE001
         pytest.fail(f"validate_manifest raised instead of returning problems: {error!r}")
-    assert all(isinstance(p, str) and p.startswith(f"{file}: ") for p in problems), problems
+    assert all(isinstance(p, Problem) and p.message.startswith(f"{file}: ") for p in problems), problems
     if not problems:
         check_valid_table(table, config)
 

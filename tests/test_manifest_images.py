@@ -88,7 +88,10 @@ def _dm(csv: Path, root: Path, **kwargs) -> ManifestDataModule:
     args = dict(manifest=str(csv), root=str(root), group_column="patient", image_size=[16, 16], augment=False,
                 val_fraction=0.25, test_fraction=0.0, batch_size=4)
     args.update(kwargs)
-    return ManifestDataModule(**args)
+    dm = ManifestDataModule(**args)
+    dm.prepare_data()  # the data is read and checked here, not in the constructor
+    dm.setup("fit")
+    return dm
 
 
 def test_same_image_content_under_two_names_is_refused_across_groups(tmp_path: Path,

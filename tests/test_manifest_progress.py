@@ -1,5 +1,6 @@
-"""The manifest datamodule's progress bars over the images and segmentation maps it decodes before training: shown on
-a terminal (stderr), silent in logs and CI, absent when nothing is decoded (``check_images: false``)."""
+"""The manifest datamodule's progress bars over the images and segmentation maps it decodes before training (in
+``prepare_data``): shown on a terminal (stderr), silent in logs and CI, absent when nothing is decoded
+(``check_images: false``, the constructor, or ``setup`` on a rank that did not prepare the data)."""
 
 from __future__ import annotations
 
@@ -44,11 +45,19 @@ def _datamodule(root: Path, check_images: bool) -> ManifestDataModule:
                               val_fraction=0.25, test_fraction=0.0, check_images=check_images)
 
 
+def _prepared(root: Path, check_images: bool) -> ManifestDataModule:
+    """What ``wsca-train`` does before training: the data check, then the datasets."""
+    dm = _datamodule(root, check_images)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
 def test_bar_on_a_terminal_while_maps_are_decoded(manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for check_images in (True, False):
         terminal = _Terminal()
         monkeypatch.setattr(sys, "stderr", terminal)
-        _datamodule(manifest, check_images)
+        _prepared(manifest, check_images)
         shown = terminal.getvalue()
         for desc in BARS:
             if check_images:
@@ -58,6 +67,33 @@ def test_bar_on_a_terminal_while_maps_are_decoded(manifest: Path, monkeypatch: p
 
 
 def test_no_bar_off_a_terminal(manifest: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _datamodule(manifest, check_images=True)
+    _prepared(manifest, check_images=True)
     err = capsys.readouterr().err
     assert not any(desc in err for desc in BARS), err
+
+
+def test_nothing_is_decoded_outside_prepare_data(manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    dm = _datamodule(manifest, check_images=True)  # configuration only
+    assert not any(desc in terminal.getvalue() for desc in BARS), terminal.getvalue()
+    dm.setup("fit")  # a rank that did not prepare the data reads the table, decodes nothing
+    assert not any(desc in terminal.getvalue() for desc in BARS), terminal.getvalue()
+    assert len(dm.train_dataset) + len(dm.val_dataset) == ROWS
+
+
+def test_prepare_data_decodes_once_also_after_pickling(manifest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import wsca_lightning.data.manifest as manifest_module
+
+    reads: list[str] = []
+    check_image = manifest_module.check_image
+    monkeypatch.setattr(manifest_module, "check_image", lambda path: reads.append(path) or check_image(path))
+    dm = _datamodule(manifest, check_images=True)
+    dm.prepare_data()
+    assert len(reads) == ROWS
+    dm.prepare_data()  # Lightning's own call inside trainer.fit
+    pickle.loads(pickle.dumps(dm)).prepare_data()  # ddp_spawn's children get a pickled copy
+    dm.setup("fit")
+    assert len(reads) == ROWS

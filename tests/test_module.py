@@ -157,6 +157,35 @@ def test_epoch_metrics_are_macro_auroc_and_balanced_accuracy_over_the_whole_epoc
     assert values["val/scanner/auroc"].item() == pytest.approx((1 / 6 + 1 / 3) / 2)
 
 
+def test_balanced_accuracy_metric_is_the_cores_over_the_epoch_with_missing_labels_and_diverged_scores():
+    from wsca_lightning.metrics import BalancedAccuracy
+    from wsca_lightning.wsc import balanced_accuracy
+
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert torch.isnan(BalancedAccuracy(3).compute())  # nothing seen
+    g = torch.Generator().manual_seed(0)
+    scores, labels = torch.randn(40, 4, generator=g), torch.randint(-1, 4, (40,), generator=g)
+    metric = BalancedAccuracy(4, ignore_index=-1)
+    for rows in (slice(0, 15), slice(15, 15), slice(15, 40)):  # an empty batch too
+        metric.update(scores[rows], labels[rows])
+    value = metric.compute()
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(balanced_accuracy(scores, labels).item())
+    # by hand: mean recall over the classes present among the labelled rows
+    labelled = labels >= 0
+    predicted, truth = scores[labelled].argmax(dim=1), labels[labelled]
+    recalls = [(predicted[truth == c] == c).float().mean().item() for c in truth.unique().tolist()]
+    assert value.item() == pytest.approx(sum(recalls) / len(recalls))
+    # under DDP, torchmetrics' sync leaves each list state as one concatenated tensor: the same value from it
+    metric._computed = None
+    metric.predicted, metric.target = torch.cat(metric.predicted), torch.cat(metric.target)
+    assert metric.compute().item() == pytest.approx(value.item())
+    # a diverged model's NaN scores still count by their arg-max (the metric never fails an epoch)
+    diverged = BalancedAccuracy(2)
+    diverged.update(torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([0, 1]))
+    assert diverged.compute().item() == pytest.approx(1.0)
+
+
 def test_every_head_is_logged_once_per_epoch_with_batch_weighted_losses_and_fresh_metrics():
     """Metadata heads are accumulated per step and logged at the epoch end; the values must equal what per-step
     logging gave: the batch-size-weighted mean loss and whole-epoch metrics, reset between epochs."""

@@ -1,4 +1,4 @@
-"""Figures of the WSC callback (wsca_lightning.plots): colour range, labels, atomic PNG saving, history panels."""
+"""Figures of one run (wsca_lightning.figures): colour range, labels, atomic PNG saving, history panels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib")
 import matplotlib.collections  # noqa: E402
 import matplotlib.image  # noqa: E402
 
-from wsca_lightning import plots  # noqa: E402
+from wsca_lightning.figures import heatmap_figure, history_figure, save_figure  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PRIMARY = "plane"
@@ -53,7 +53,7 @@ def _all_cols(tasks: dict[str, dict]) -> list[str]:
 
 def test_heatmap_default_range_and_labels():
     tasks = _tasks()
-    fig = plots.heatmap_figure(tasks, PRIMARY)
+    fig = heatmap_figure(tasks, PRIMARY)
     ax = fig.axes[0]
     norm = ax.images[0].norm
     assert (norm.vmin, norm.vmax) == pytest.approx((-0.5, 0.5))
@@ -70,7 +70,7 @@ def test_heatmap_default_range_and_labels():
 
 
 def test_heatmap_range_expands_for_large_values():
-    fig = plots.heatmap_figure(_tasks(large=True), PRIMARY, title="epoch 3")
+    fig = heatmap_figure(_tasks(large=True), PRIMARY, title="epoch 3")
     norm = fig.axes[0].images[0].norm
     assert norm.vmax >= 0.8 and norm.vmin == pytest.approx(-norm.vmax)
     assert norm.vmax <= 0.85 + 1e-9
@@ -78,23 +78,26 @@ def test_heatmap_range_expands_for_large_values():
 
 def test_heatmap_single_task_and_width_scales():
     one = {"site": _tasks()["site"]}
-    small = plots.heatmap_figure(one, PRIMARY)
+    small = heatmap_figure(one, PRIMARY)
     assert [t.get_text() for t in small.axes[0].get_xticklabels()] == ["A", "B"]
     wide_tasks = {f"t{i}": _tasks()["ga_bin"] for i in range(5)}  # 20 columns
-    wide = plots.heatmap_figure(wide_tasks, PRIMARY)
+    wide = heatmap_figure(wide_tasks, PRIMARY)
     assert wide.get_figwidth() > small.get_figwidth()
 
 
 def test_heatmap_rejects_mismatched_rows():
     tasks = _tasks()
     tasks["site"] = dict(tasks["site"], rows=["x", "y", "z"])
-    with pytest.raises(ValueError, match="rows"):
-        plots.heatmap_figure(tasks, PRIMARY)
+    with pytest.raises(ValueError) as info:
+        heatmap_figure(tasks, PRIMARY)
+    # the message names the task whose rows differ, its rows and the primary classes every task must share
+    assert str(info.value) == (f"task 'site' has rows ['x', 'y', 'z'], expected {PRIMARY_CLASSES} "
+                               "(the primary classes)")
 
 
 def test_save_figure_writes_png_atomically(tmp_path):
     path = tmp_path / "nested" / "dir" / "wsc_epoch003.png"
-    plots.save_figure(plots.heatmap_figure(_tasks(large=True), PRIMARY), path)
+    save_figure(heatmap_figure(_tasks(large=True), PRIMARY), path)
     assert path.read_bytes()[:8] == PNG_MAGIC
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[2] in (3, 4)
@@ -104,7 +107,7 @@ def test_save_figure_writes_png_atomically(tmp_path):
 
 
 def test_save_figure_failure_leaves_nothing(tmp_path, monkeypatch):
-    fig = plots.heatmap_figure(_tasks(), PRIMARY)
+    fig = heatmap_figure(_tasks(), PRIMARY)
 
     def broken_savefig(fname, **kwargs):
         with open(fname, "wb") as handle:
@@ -114,7 +117,7 @@ def test_save_figure_failure_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(fig, "savefig", broken_savefig)
     path = tmp_path / "wsc.png"
     with pytest.raises(RuntimeError, match="disk full"):
-        plots.save_figure(fig, path)
+        save_figure(fig, path)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,7 +167,7 @@ def _loss_axis(fig):
 @pytest.mark.parametrize("metrics", [True, False])
 @pytest.mark.parametrize("null", [True, False])
 def test_history_figure(n_epochs, metrics, null):
-    fig = plots.history_figure(_history(n_epochs, metrics=metrics, null=null), PRIMARY)
+    fig = history_figure(_history(n_epochs, metrics=metrics, null=null), PRIMARY)
     assert len(fig.axes) >= 2
     wsc = _wsc_axis(fig)
     assert len(wsc.lines) == 2  # one per task
@@ -192,7 +195,7 @@ def test_history_figure(n_epochs, metrics, null):
 
 def test_history_figure_saves(tmp_path):
     path = tmp_path / "wsc_history.png"
-    plots.save_figure(plots.history_figure(_history(3), PRIMARY, alpha=0.1), path)
+    save_figure(history_figure(_history(3), PRIMARY, alpha=0.1), path)
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert matplotlib.image.imread(path).ndim == 3
     assert not list(tmp_path.glob("*partial*"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from wsca_lightning.problems import Problem
 from wsca_lightning.cli.run_directory import (
     LOCK_FILENAME,
     RunDirectoryError,
@@ -20,6 +21,11 @@ from wsca_lightning.cli.run_directory import (
     config_differences,
     release_run_directory,
 )
+
+
+def problem_lines(cfg, run_dir):
+    """The problems as the user reads them (``key: message``)."""
+    return [str(p) for p in check_run_directory(cfg, run_dir)]
 
 
 def config(**top) -> OmegaConf:
@@ -39,7 +45,7 @@ def finished_run(path: Path) -> Path:
 
 def test_a_directory_holding_a_run_is_reused_only_to_resume_it_or_when_overwrite_is_asked(tmp_path):
     run = finished_run(tmp_path / "run")
-    problems = check_run_directory(config(), run)
+    problems = problem_lines(config(), run)
     assert len(problems) == 1 and problems[0].startswith("hydra.run.dir:")
     assert "already holds a run (checkpoints, wsc)" in problems[0] and "ckpt_path=last" in problems[0]
     assert "overwrite=true" in problems[0]
@@ -47,7 +53,7 @@ def test_a_directory_holding_a_run_is_reused_only_to_resume_it_or_when_overwrite
         claim_run_directory(config(), run)
     assert (run / "wsc" / "wsc_summary.json").exists() and not (run / LOCK_FILENAME).exists()
 
-    assert check_run_directory(config(ckpt_path="last"), run) == []
+    assert problem_lines(config(ckpt_path="last"), run) == []
     claim_run_directory(config(overwrite=True), run)  # asked: the old outputs go, nothing stale stays beside new ones
     try:
         assert sorted(p.name for p in run.iterdir()) == [LOCK_FILENAME]
@@ -58,9 +64,9 @@ def test_a_directory_holding_a_run_is_reused_only_to_resume_it_or_when_overwrite
 
 def test_nothing_to_resume_or_an_unreadable_checkpoint_is_refused_naming_ckpt_path(tmp_path):
     (tmp_path / "empty").mkdir()
-    (problem,) = check_run_directory(config(ckpt_path="last"), tmp_path / "empty")
+    (problem,) = problem_lines(config(ckpt_path="last"), tmp_path / "empty")
     assert problem.startswith("ckpt_path: 'last' but ") and "nothing to resume" in problem
-    (problem,) = check_run_directory(config(ckpt_path=str(tmp_path / "nope.ckpt")), tmp_path / "new")
+    (problem,) = problem_lines(config(ckpt_path=str(tmp_path / "nope.ckpt")), tmp_path / "new")
     assert problem.startswith("ckpt_path: ") and "nope.ckpt is not a readable file" in problem
 
 
@@ -76,19 +82,19 @@ def test_a_run_directory_inside_the_data_root_is_refused_and_nothing_is_created(
 def test_a_run_directory_that_cannot_be_created_is_refused(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    (problem,) = check_run_directory(config(), blocker / "run")
+    (problem,) = problem_lines(config(), blocker / "run")
     assert problem.startswith("hydra.run.dir: cannot write") and "not a writable directory" in problem
 
 
 @pytest.mark.parametrize("seed", ["abc", -1, 2**32, 1.5, True])
 def test_a_seed_lightning_would_reject_is_refused_naming_the_key(tmp_path, seed):
-    (problem,) = check_run_directory(config(seed=seed), tmp_path / "run")
+    (problem,) = problem_lines(config(seed=seed), tmp_path / "run")
     assert problem.startswith("seed: must be a whole number from 0 to 4294967295")
 
 
 def test_required_values_never_set_are_named_with_their_full_key(tmp_path):
     cfg = config(data={"manifest": "???", "root": "???"})
-    problems = check_run_directory(cfg, tmp_path / "run")
+    problems = problem_lines(cfg, tmp_path / "run")
     assert "data.manifest: required and not set; add data.manifest=<value> to the command line" in problems
     assert any(p.startswith("data.root: required") for p in problems)
 
@@ -123,7 +129,7 @@ def test_resume_differences_name_every_key_outside_what_a_resume_may_change():
                                 "trainer": {"max_epochs": 3, "precision": 32}, "ckpt_path": "last",
                                 "paths": {"output_dir": "b"}, "hydra": {"run": {"dir": "x"}}})
     assert config_differences(saved, current) == [
-        "data.image_size: was [32, 32] in the run being resumed, now [64, 80]"
+        Problem("data.image_size", "was [32, 32] in the run being resumed, now [64, 80]")
     ]
 
 
@@ -209,6 +215,6 @@ def test_a_resume_whose_saved_config_cannot_be_read_is_refused_naming_the_file(t
     run = finished_run(tmp_path / "run")
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text("seed: [unclosed\n")
-    problems = check_run_directory(config(ckpt_path="last"), run)
+    problems = problem_lines(config(ckpt_path="last"), run)
     assert problems[0].startswith("ckpt_path: the saved config of the run to resume, ")
     assert "config.yaml, cannot be read" in problems[0]

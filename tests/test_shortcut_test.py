@@ -1,5 +1,5 @@
 """The verdict's test on constructed embeddings: a used direction is found, an encoded but unused one and a column
-that is only associated with the label are not (README "The shortcut test"; engine module docstring)."""
+that is only associated with the label are not (docs/method.md, "The shortcut test"; engine module docstring)."""
 
 from __future__ import annotations
 

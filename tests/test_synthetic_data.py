@@ -14,11 +14,10 @@ from wsca_lightning.data.synthetic import (
     RISK_LENGTH_RANGES,
     SYNTHETIC_COLUMNS,
     SyntheticUltrasoundDataset,
-    hospital_names,
     render_ultrasound,
     sample_metadata,
-    scanner_names,
 )
+from wsca_lightning.data.scanner import hospital_names, scanner_names
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
 from wsca_lightning.wsc.binning import digitize, fit_bin_edges

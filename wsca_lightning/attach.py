@@ -26,8 +26,10 @@ from torch import Tensor, nn
 
 from wsca_lightning.data.metadata_table import MetadataTable, sample_ids
 from wsca_lightning.interface import HeadWeights
+from wsca_lightning.plain import is_int
+from wsca_lightning.problems import ConfigError, Problem, raise_if
 
-__all__ = ["AttributeView", "BatchKey", "MetadataFn", "batch_entry"]
+__all__ = ["AttributeView", "BatchKey", "MetadataFn", "batch_entry", "metadata_source"]
 
 BatchKey = str | int
 #: ``metadata(batch) -> {task: integer labels (B,), -1 = missing}``.
@@ -89,9 +91,7 @@ class AttributeView:
         self.wsc_protocol = "heads" if self.metadata_head_paths else None
         self._callable_classes: dict[str, int] = {}  # a metadata callable's class count per task, from the fit
         self.fitted = False
-        problems = self.problems()
-        if problems:
-            raise ValueError("\n".join(problems))
+        raise_if(self.problems())
 
     # --- checks --------------------------------------------------------------------------------------------------
     def _submodule(self, key: str, path: str) -> nn.Module:
@@ -107,49 +107,49 @@ class AttributeView:
                     for name, _ in self.module.get_submodule(prefix).named_children()]
         linear = [name for name, m in self.module.named_modules()
                   if isinstance(getattr(m, "weight", None), Tensor) and m.weight.ndim == 2]
-        raise ValueError(f"{key}: {type(self.module).__name__} has no submodule {path!r}; "
-                         f"{repr(prefix) if prefix else 'the module'} has {children[:20]}; its linear layers are "
-                         f"{linear[:20]}")
+        raise ConfigError.at(key, f"{type(self.module).__name__} has no submodule {path!r}; "
+                                  f"{repr(prefix) if prefix else 'the module'} has {children[:20]}; its linear "
+                                  f"layers are {linear[:20]}")
 
     def _weight(self, key: str, path: str) -> Tensor:
         weight = getattr(self._submodule(key, path), "weight", None)
         if not isinstance(weight, Tensor) or weight.ndim != 2:
             shape = None if not isinstance(weight, Tensor) else tuple(weight.shape)
-            raise ValueError(f"{key}: {path!r} is not a linear head (a module with a 2-D weight (classes, d); its "
-                             f"weight is {shape}); name the final nn.Linear")
+            raise ConfigError.at(key, f"{path!r} is not a linear head (a module with a 2-D weight (classes, d); its "
+                                      f"weight is {shape}); name the final nn.Linear")
         return weight
 
-    def problems(self) -> list[str]:
-        """Every path that does not resolve, and head shapes that disagree, one line each."""
-        problems = []
+    def problems(self) -> list[Problem]:
+        """Every path that does not resolve, and head shapes that disagree."""
+        problems: list[Problem] = []
         for key, path in [("head", self.head_path), *((f"metadata_heads.{t}", p)
                                                       for t, p in self.metadata_head_paths.items())]:
             try:
                 self._weight(key, path)
-            except ValueError as err:
-                problems.append(str(err))
+            except ConfigError as err:
+                problems += err.problems
         if self.embedding_path is not None:
             try:
                 self._submodule("embedding", self.embedding_path)
-            except ValueError as err:
-                problems.append(str(err))
+            except ConfigError as err:
+                problems += err.problems
         if not problems:
             rows, d = self._weight("head", self.head_path).shape
             if self.class_names is not None and len(self.class_names) != rows:
-                problems.append(f"class_names: {len(self.class_names)} names for the {rows} rows of head "
-                                f"{self.head_path!r}")
+                problems.append(Problem("class_names", f"{len(self.class_names)} names for the {rows} rows of head "
+                                                       f"{self.head_path!r}"))
             for task, path in self.metadata_head_paths.items():
                 inputs = self._weight(task, path).shape[1]
                 if inputs != d:
-                    problems.append(f"metadata_heads.{task}: {path!r} takes {inputs} inputs, the primary head {d}; "
-                                    "both must read the same embedding")
+                    problems.append(Problem(f"metadata_heads.{task}", f"{path!r} takes {inputs} inputs, the primary "
+                                                                      f"head {d}; both must read the same embedding"))
         if self.metadata is None:
-            problems.append("metadata: give a metadata table (CSV path) or a callable on the batch")
+            problems.append(Problem("metadata", "give a metadata table (CSV path) or a callable on the batch"))
         elif isinstance(self.metadata, MetadataTable):
             unknown = [t for t in self.metadata_head_paths if t not in self.metadata.tasks]
             if unknown:
-                problems.append(f"metadata_heads: {unknown} are not columns of the metadata table "
-                                f"({self.metadata.tasks})")
+                problems.append(Problem("metadata_heads", f"{unknown} are not columns of the metadata table "
+                                                          f"({self.metadata.tasks})"))
         return problems
 
     # --- fitting the metadata label spaces on the training subset ------------------------------------------------
@@ -203,8 +203,8 @@ class AttributeView:
                 continue
             names = classes.get(task, [str(k) for k in range(w.shape[0])])  # numbered until the metadata is fitted
             if len(names) != w.shape[0]:
-                raise ValueError(f"metadata_heads.{task}: {path!r} has {w.shape[0]} rows but the metadata gives "
-                                 f"{len(names)} classes ({names})")
+                raise ConfigError.at(f"metadata_heads.{task}", f"{path!r} has {w.shape[0]} rows but the metadata "
+                                                               f"gives {len(names)} classes ({names})")
             heads[task] = HeadWeights(w, tuple(names))
         return heads
 
@@ -240,6 +240,53 @@ class AttributeView:
                 # a class the training subset never showed has no probe column: missing
                 out[task] = values if known is None else torch.where(values < known, values, -1)
         return out
+
+
+def metadata_source(
+    *, head: Any, embedding: Any, metadata: Any, metadata_heads: Any, input_key: Any, label_key: Any, id_key: Any,
+    class_names: Any,
+) -> tuple[MetadataTable | MetadataFn | None, list[Problem]]:
+    """Check the settings that read an unmodified module by attribute paths (the callback's ``head``, ``metadata``
+    ...) and return the metadata source (a table is read now, so its problems come before training) with every
+    problem of those settings. ``head`` None: the module has the WSC interface, and the other settings must be
+    unset."""
+    problems: list[Problem] = []
+    given = [key for key, value in (("embedding", embedding), ("metadata", metadata),
+                                    ("metadata_heads", metadata_heads), ("input_key", input_key),
+                                    ("label_key", label_key), ("id_key", id_key), ("class_names", class_names))
+             if value is not None]
+    if head is None:
+        if given:
+            problems.append(Problem("head", f"{', '.join(given)} read an unmodified module by attribute paths; set "
+                                            "head to the primary head's path (e.g. 'model.fc'), or leave them unset "
+                                            "for a module with the WSC interface"))
+        return None, problems
+    for key, value in (("head", head), ("embedding", embedding)):
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(Problem(key, f"an attribute path such as 'model.fc', got {value!r}"))
+    for key, value in (("input_key", input_key), ("label_key", label_key), ("id_key", id_key)):
+        if value is not None and not isinstance(value, str) and not is_int(value):
+            problems.append(Problem(key, f"a batch key (name) or position (integer), got {value!r}"))
+    if metadata_heads is not None and (not isinstance(metadata_heads, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata_heads.items())):
+        problems.append(Problem("metadata_heads", f"a mapping {{task: attribute path}}, got {metadata_heads!r}"))
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+        problems.append(Problem("class_names", f"a list of the primary head's class names, got {class_names!r}"))
+    if metadata is None:
+        problems.append(Problem("metadata", "give the metadata table (a CSV path, or {path, id_column, columns, "
+                                            "delimiter}) or a callable on the batch returning {task: labels}"))
+        return None, problems
+    if callable(metadata):
+        return metadata, problems
+    try:
+        table = MetadataTable.from_spec(metadata, default_id_column=id_key if isinstance(id_key, str) else "id")
+    except ConfigError as err:  # ManifestError: the table's own problems, each naming the file
+        problems += [Problem("metadata", str(p)) for p in err.problems]
+        return None, problems
+    except ValueError as err:  # not a path or a table mapping
+        problems.append(Problem("metadata", str(err)))
+        return None, problems
+    return table, problems
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

@@ -6,24 +6,38 @@ scikit-learn's ``balanced_accuracy_score``, absent classes are left out of the m
 whole epoch (AUROC keeps all scores: exact, not binned) and honour ``ignore_index`` for missing labels.
 
 Updates never wait for the GPU: torchmetrics' input checks and its removal of ignored labels by boolean indexing
-copy a value to the host in every training step, which stalls the step on a GPU. Here ``update`` only appends or
-adds tensors on the device; ignored labels are dropped at ``compute``, once per epoch.
+copy a value to the host in every training step, which stalls the step on a GPU. Here ``update`` only appends
+tensors on the device; ignored labels are dropped at ``compute``, once per epoch. The formulas are the pure core's
+(:mod:`wsca_lightning.wsc.probes`): these classes only accumulate the epoch (torchmetrics' stateful half).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAUROC
 from torchmetrics.utilities.data import dim_zero_cat
 
-from wsca_lightning.wsc import macro_auroc
+from wsca_lightning.wsc import balanced_accuracy, macro_auroc
+
+
+def _labelled(target: Tensor, num_classes: int, ignore_index: int | None) -> Tensor:
+    """Which rows carry a label the metric counts: a class index that is not ``ignore_index``."""
+    keep = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    return keep
 
 
 class BalancedAccuracy(Metric):
-    """Mean per-class recall over the classes that occur in the targets, from a confusion matrix summed on the
-    device (``update``: ``(N, C)`` scores and ``(N,)`` labels, ``ignore_index`` = missing)."""
+    """Mean per-class recall over the classes that occur in the targets (``update``: ``(N, C)`` scores and ``(N,)``
+    labels, ``ignore_index`` = missing).
+
+    The epoch's arg-max predictions and labels are accumulated on the device; the statistic is the pure core's
+    :func:`wsca_lightning.wsc.balanced_accuracy`, the same code that scores the probes.
+    """
 
     full_state_update = False
 
@@ -31,23 +45,23 @@ class BalancedAccuracy(Metric):
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.add_state("confusion", torch.zeros(num_classes * num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("predicted", [], dist_reduce_fx="cat")  # arg-max class per row
+        self.add_state("target", [], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        target = target.long()
-        valid = (target >= 0) & (target < self.num_classes)
-        if self.ignore_index is not None:
-            valid &= target != self.ignore_index
-        cell = target.clamp(0, self.num_classes - 1) * self.num_classes + preds.argmax(dim=1)
-        self.confusion.scatter_add_(0, cell, valid.long())
+        self.predicted.append(preds.argmax(dim=1))
+        self.target.append(target)
 
     def compute(self) -> Tensor:
-        confusion = self.confusion.view(self.num_classes, self.num_classes)  # rows: true class
-        support = confusion.sum(dim=1)
-        present = support > 0
-        if not bool(present.any()):
-            return torch.tensor(float("nan"), device=confusion.device)
-        return (confusion.diagonal()[present].float() / support[present]).mean()
+        # a list of per-step tensors in one process; after a DDP sync, one concatenated tensor
+        if isinstance(self.target, list) and not self.target:
+            return torch.tensor(float("nan"), device=self.device)
+        predicted = dim_zero_cat(self.predicted)
+        target = dim_zero_cat(self.target).long()
+        # the core's missing label is -1; a one-hot row is a score row whose arg-max is the prediction
+        labels = torch.where(_labelled(target, self.num_classes, self.ignore_index), target, -1)
+        scores = F.one_hot(predicted, self.num_classes).to(torch.float32)
+        return balanced_accuracy(scores, labels).to(torch.float32)
 
 
 class MacroAUROC(MulticlassAUROC):
@@ -67,9 +81,7 @@ class MacroAUROC(MulticlassAUROC):
     def compute(self) -> Tensor:
         scores = dim_zero_cat(self.preds)
         target = dim_zero_cat(self.target).long()
-        keep = (target >= 0) & (target < self.num_classes)
-        if self.ignore_index is not None:
-            keep &= target != self.ignore_index
+        keep = _labelled(target, self.num_classes, self.ignore_index)
         scores, target = scores[keep], target[keep]
         if scores.numel() == 0 or not bool(torch.isfinite(scores).all()):  # nothing seen, or a diverged model
             return torch.tensor(float("nan"), device=scores.device)

@@ -20,7 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from wsca_lightning.callbacks.wsc import embed_batches
+from wsca_lightning.epoch_analysis.evaluator import embed_batches
+from wsca_lightning.problems import ConfigError, Problem
 from wsca_lightning.summary import (
     HEATMAP_FILENAME,
     SUMMARY_FILENAME,
@@ -32,8 +33,12 @@ from wsca_lightning.summary import (
 from wsca_lightning.wsc import AnalysisSettings, analyze_embeddings
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be analysed, with the reason and what to do."""
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be analysed: a configuration problem keyed ``checkpoint``, with the reason and what
+    to do (a ``ValueError``, as every :class:`~wsca_lightning.problems.ConfigError`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(Problem("checkpoint", reason))
 
 
 def load_checkpoint_module(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
@@ -42,26 +47,26 @@ def load_checkpoint_module(path: str | os.PathLike[str]) -> tuple[Any, dict[str,
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint: no file at {path}")
+        raise CheckpointError(f"no file at {path}")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"checkpoint: {path} is not a PyTorch checkpoint (torch.save's zip format); pass the "
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save's zip format); pass the "
                               "path of a .ckpt file written by wsca-train (checkpoints/last.ckpt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Weights only" in str(err):
             raise CheckpointError(
-                f"checkpoint: {path} holds Python objects that torch.load(weights_only=True) refuses to build "
+                f"{path} holds Python objects that torch.load(weights_only=True) refuses to build "
                 "(unpickling them could run code); re-save it with plain tensors and values.\n  "
                 + str(err).splitlines()[0]
             ) from err
-        raise CheckpointError(f"checkpoint: {path} is not a PyTorch checkpoint ({err})") from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({err})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint: {path} is not a PyTorch checkpoint ({err})") from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({err})") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"checkpoint: {path} is not a Lightning checkpoint of a wsca_lightning MultiHeadModule (it needs "
+            f"{path} is not a Lightning checkpoint of a wsca_lightning MultiHeadModule (it needs "
             f"'state_dict' and 'hyper_parameters'; found {keys}). For another model use "
             "wsca_lightning.posthoc.analyze_model."
         )
@@ -73,16 +78,16 @@ def load_checkpoint_module(path: str | os.PathLike[str]) -> tuple[Any, dict[str,
         module = MultiHeadModule(**hparams)
     except (TypeError, ValueError) as err:
         raise CheckpointError(
-            f"checkpoint: {path}: its hyper_parameters do not build a MultiHeadModule:\n  {err}"
+            f"{path}: its hyper_parameters do not build a MultiHeadModule:\n  {err}"
         ) from err
     try:
         result = module.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False
-        raise CheckpointError(f"checkpoint: {path}: its weights do not fit the model its hyper_parameters "
+        raise CheckpointError(f"{path}: its weights do not fit the model its hyper_parameters "
                               f"describe:\n  {str(err).strip()[:500]}") from err
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(
-            f"checkpoint: {path}: its weights do not fit the model its hyper_parameters describe "
+            f"{path}: its weights do not fit the model its hyper_parameters describe "
             f"(missing: {result.missing_keys[:5]}, unexpected: {result.unexpected_keys[:5]})"
         )
     module.eval()
@@ -180,7 +185,7 @@ def write_analysis(summary: Mapping[str, Any], directory: str | os.PathLike[str]
     write_summary(summary, paths["summary"])
     write_table(summary, paths["table"])
     if plots:
-        from wsca_lightning.plots import heatmap_figure, save_figure
+        from wsca_lightning.figures import heatmap_figure, save_figure
 
         paths["heatmap"] = os.path.join(directory, HEATMAP_FILENAME)
         save_figure(heatmap_figure(summary["tasks"], summary["primary"], title=title), paths["heatmap"])

@@ -1,7 +1,7 @@
 """The files an analysis leaves behind: ``wsc_summary.json`` entries, the per-task CSV table, atomic writes.
 
 Used by the per-epoch callback and by the post-hoc ``wsca-analyze`` alike, so both write the same format
-(documented in the README, "Outputs"). Everything here is plain Python on top of :class:`WSCAnalysis`; no Lightning.
+(documented in docs/outputs.md). Everything here is plain Python on top of :class:`WSCAnalysis`; no Lightning.
 """
 
 from __future__ import annotations
@@ -176,6 +176,24 @@ def verdict(task: Mapping[str, Any], alpha: float = 0.05) -> str:
     if p is None:
         return "no null"
     return "significant" if p < alpha else "n.s."
+
+
+def task_header(name: str, task: Mapping[str, Any], *, significance: str | None = None) -> str:
+    """A task's header wherever its result is shown above a figure (the heatmap's column groups, the report's mean
+    heatmaps), one fact a line: its name, ``significance`` when given (the report's ``2/3 p<0.05``), max |cos|, the
+    verdict's p (if any), and ``not interpretable`` when the gate failed."""
+    lines = [name]
+    if significance is not None:
+        lines.append(significance)
+    max_abs = task.get("max_abs")
+    if max_abs is not None:
+        lines.append(f"max|cos| {float(max_abs):.2f}")
+    p = decision_p(task)
+    if p is not None:
+        lines.append(f"p={float(p):.3g}")
+    if task.get("interpretable") is False:
+        lines.append("not interpretable")
+    return "\n".join(lines)
 
 
 def format_summary(summary: Mapping[str, Any], alpha: float = 0.05) -> str:

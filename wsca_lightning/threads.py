@@ -38,6 +38,7 @@ import lightning as L
 import torch
 
 from wsca_lightning.plain import is_int
+from wsca_lightning.problems import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def whole_number(value: Any, name: str, fix: str) -> int | None:
             number = None
     # 2.0 is no thread count: only real integers pass (is_int also refuses True)
     if not is_int(number) or number < 1:
-        raise ValueError(f"{name}: {value!r} is not a whole number >= 1; {fix}")
+        raise ConfigError.at(name, f"{value!r} is not a whole number >= 1; {fix}")
     return number
 
 
@@ -79,7 +80,7 @@ def parallel_jobs(n_jobs: Any, cores: int) -> int:
     if n_jobs is None:
         return 1
     if not is_int(n_jobs) or n_jobs == 0:
-        raise ValueError(f"hydra.launcher.n_jobs: {n_jobs!r} is not a whole number other than 0")
+        raise ConfigError.at("hydra.launcher.n_jobs", f"{n_jobs!r} is not a whole number other than 0")
     return max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs
 
 

@@ -34,6 +34,11 @@ The history (and the alarm's counters) are plain Python saved in checkpoints, so
 without gaps or duplicates -- provided checkpoints are taken at the end of the training epoch
 (``ModelCheckpoint(save_on_train_epoch_end=True)``, as in our configs); ``setup`` warns otherwise.
 
+The callback is the Lightning hook; the work is done by the parts of :mod:`wsca_lightning.epoch_analysis`: the
+evaluator embeds the subset and runs the analysis (``evaluator``, shared with ``wsca-analyze``), the shortcut alarm
+counts significant epochs, and the outputs write the files. This module decides when each runs, on which rank, in
+the background or inline, and what a checkpoint carries.
+
 Any LightningModule works: one that implements :class:`wsca_lightning.interface.SupportsWSC`, or any other, read by
 attribute paths (``head="model.fc"``, metadata from a table joined on sample ids or a callable on the batch:
 :mod:`wsca_lightning.attach`).
@@ -46,11 +51,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -58,77 +62,29 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
+from wsca_lightning.attach import BatchKey, MetadataFn
 from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
-from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn
-from wsca_lightning.data.metadata_table import MetadataTable
-from wsca_lightning.interface import HeadWeights, SupportsWSC
-from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.summary import (
-    HEATMAP_FILENAME,
-    SUMMARY_FILENAME,
-    TABLE_FILENAME,
-    analysis_entry,
-    decision_p,
-    history_tasks,
-    write_summary,
-    write_table,
+from wsca_lightning.epoch_analysis.alarm import AlarmSettings, ShortcutAlarm
+from wsca_lightning.epoch_analysis.evaluator import (
+    EmbeddedSubset,
+    EpochEvaluator,
+    analysis_view,
+    embed_dataset,
+    head_classes,
 )
-from wsca_lightning.tracking import log_files, log_image
-from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
+from wsca_lightning.epoch_analysis.outputs import EpochOutputs, check_output_paths
+from wsca_lightning.interface import HeadWeights
+from wsca_lightning.plain import is_int
+from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.summary import history_tasks
+from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis
 
-PROTOCOLS: tuple[str, ...] = ("heads", "probe_refit")
-ALARM_ACTIONS: tuple[str, ...] = ("warn", "stop")
-OVER_EPOCHS_FILENAME = "wsc_over_epochs.png"
+__all__ = ["PendingAnalysis", "WeightSpaceCorrelation"]
 
-
-@dataclass(frozen=True)
-class AlarmSettings:
-    """The shortcut alarm: ``tasks`` the primary head must not use, and what to do when one of them is interpretable
-    and significant (``p < alpha``) for ``patience`` consecutive computed epochs (``warn`` or ``stop``)."""
-
-    tasks: tuple[str, ...] = ()
-    action: str = "warn"
-    alpha: float = 0.05
-    patience: int = 3
-
-    @classmethod
-    def from_mapping(cls, value: Mapping[str, Any] | None) -> "AlarmSettings":
-        value = dict(to_plain(value or {}, "alarm"))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"alarm.{unknown[0]}: unknown key; valid keys: {', '.join(sorted(known))}")
-        tasks = value.get("tasks", ())
-        if isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks or ()):
-            raise ValueError(f"alarm.tasks: a list of metadata head names, got {tasks!r}")
-        return cls(**{**value, "tasks": tuple(tasks or ())})
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.action not in ALARM_ACTIONS:
-            out.append(f"alarm.action: must be one of {', '.join(ALARM_ACTIONS)}, got {self.action!r}")
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 < self.alpha < 1.0:
-            out.append(f"alarm.alpha: must be in (0, 1), got {self.alpha!r}")
-        if not is_int(self.patience) or self.patience < 1:
-            out.append(f"alarm.patience: must be an integer >= 1, got {self.patience!r}")
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "action": self.action, "alpha": self.alpha, "patience": self.patience}
-
-
-@dataclass
-class EmbeddedSubset:
-    """Embeddings ``(N, d)`` of the fixed subset and every task's labels ``(N,)`` (int64, ``-1`` = missing)."""
-
-    embeddings: Tensor
-    targets: dict[str, Tensor] = field(default_factory=dict)
-
-    def cpu(self) -> "EmbeddedSubset":
-        return EmbeddedSubset(self.embeddings.cpu(), {name: labels.cpu() for name, labels in self.targets.items()})
+#: The analysis's defaults, which the constructor's arguments take (conf/callbacks/wsc.yaml mirrors them).
+_ANALYSIS = AnalysisSettings()
 
 
 @dataclass
@@ -206,124 +162,6 @@ def _start_worker_thread(num_threads: int) -> None:
     torch.set_num_threads(num_threads)
 
 
-def embed_batches(
-    module: torch.nn.Module,
-    batches: Iterable[Any],
-    embed: Callable[[Any], Tensor],
-    targets: Callable[[Any], Mapping[str, Any]],
-) -> EmbeddedSubset:
-    """``embed(batch)`` and ``targets(batch)`` of every batch with ``module`` in eval mode and no gradients.
-
-    The module's train/eval state is restored afterwards, also when a batch fails. Embeddings are float32;
-    labels int64 (``-1`` = missing).
-    """
-    was_training = module.training
-    module.eval()
-    chunks: list[Tensor] = []
-    labels: dict[str, list[Tensor]] = {}
-    try:
-        with torch.inference_mode():
-            for batch in batches:
-                chunks.append(embed(batch).float())
-                for name, values in targets(batch).items():
-                    labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64))
-    finally:
-        module.train(was_training)
-    if not chunks:
-        raise ValueError("batches is empty: nothing to embed")
-    return EmbeddedSubset(torch.cat(chunks), {name: torch.cat(parts) for name, parts in labels.items()})
-
-
-def embed_dataset(
-    module: Any,
-    dataset: Dataset,
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    collate_fn: Any = None,
-    to_device: Callable[[Any], Any] | None = None,
-    reader: SupportsWSC | None = None,
-    progress: str | None = None,
-) -> EmbeddedSubset:
-    """Embeddings and labels of ``dataset[indices]`` through ``wsc_embed`` / ``wsc_targets`` of ``reader`` (default
-    the module itself; an :class:`~wsca_lightning.attach.AttributeView` of it for an unmodified module), with the
-    module in eval mode (:func:`embed_batches`). ``to_device`` moves a collated batch to the module's device (the
-    trainer's strategy does it inside the callback). ``progress``: a progress bar with this label on a terminal.
-    """
-    reader = module if reader is None else reader
-    batches: Iterable[Any] = subset_batches(dataset, indices, batch_size=batch_size, collate_fn=collate_fn)
-    if progress is not None:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc=progress, unit="batch", disable=None)  # silent when not a terminal
-    if to_device is not None:
-        batches = (to_device(batch) for batch in batches)
-    return embed_batches(module, batches, reader.wsc_embed, reader.wsc_targets)
-
-
-def subset_batches(dataset: Dataset, indices: Sequence[int], *, batch_size: int, collate_fn: Any = None) -> DataLoader:
-    """``dataset[indices]`` in order, in batches, in this process (no loader workers)."""
-    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
-                      collate_fn=collate_fn)
-
-
-def analysis_view(dataset: Dataset) -> Dataset:
-    """The dataset as the analysis should see it: ``dataset.without_augmentation()`` when the dataset offers it.
-
-    WSC describes the embedding of the training images themselves; random flips and intensity jitter would add
-    noise to the projection and the probes (and differ from epoch to epoch).
-    """
-    view = getattr(dataset, "without_augmentation", None)
-    return view() if callable(view) else dataset
-
-
-def _attach_settings(
-    *, head: Any, embedding: Any, metadata: Any, metadata_heads: Any, input_key: Any, label_key: Any, id_key: Any,
-    class_names: Any,
-) -> tuple[MetadataTable | MetadataFn | None, list[str]]:
-    """The metadata source of a module read by attribute paths (a table is read now, so its problems come before
-    training), and every problem of those settings."""
-    problems = []
-    given = [key for key, value in (("embedding", embedding), ("metadata", metadata),
-                                    ("metadata_heads", metadata_heads), ("input_key", input_key),
-                                    ("label_key", label_key), ("id_key", id_key), ("class_names", class_names))
-             if value is not None]
-    if head is None:
-        if given:
-            problems.append(f"head: {', '.join(given)} read an unmodified module by attribute paths; set head to "
-                            "the primary head's path (e.g. 'model.fc'), or leave them unset for a module with the "
-                            "WSC interface")
-        return None, problems
-    for key, value in (("head", head), ("embedding", embedding)):
-        if value is not None and (not isinstance(value, str) or not value):
-            problems.append(f"{key}: an attribute path such as 'model.fc', got {value!r}")
-    for key, value in (("input_key", input_key), ("label_key", label_key), ("id_key", id_key)):
-        if value is not None and not isinstance(value, str) and not is_int(value):
-            problems.append(f"{key}: a batch key (name) or position (integer), got {value!r}")
-    if metadata_heads is not None and (not isinstance(metadata_heads, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata_heads.items())):
-        problems.append(f"metadata_heads: a mapping {{task: attribute path}}, got {metadata_heads!r}")
-    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
-        problems.append(f"class_names: a list of the primary head's class names, got {class_names!r}")
-    if metadata is None:
-        problems.append("metadata: give the metadata table (a CSV path, or {path, id_column, columns, delimiter}) "
-                        "or a callable on the batch returning {task: labels}")
-        return None, problems
-    if callable(metadata):
-        return metadata, problems
-    try:
-        table = MetadataTable.from_spec(metadata, default_id_column=id_key if isinstance(id_key, str) else "id")
-    except ValueError as err:  # ManifestError included: one line per problem, naming the file
-        problems += [f"metadata: {line}" for line in str(err).splitlines()]
-        return None, problems
-    return table, problems
-
-
-def head_classes(heads: Mapping[str, HeadWeights], tasks: Sequence[str]) -> dict[str, list[str]]:
-    """Class names of tasks read from their heads (a one-row binary head: ``["0", "1"]``)."""
-    return {t: list(heads[t].row_names) if heads[t].weight.shape[0] >= 2 else ["0", "1"] for t in tasks if t in heads}
-
-
 def _metric_value(value: Any) -> float | None:
     try:
         out = float(value)
@@ -388,21 +226,21 @@ class WeightSpaceCorrelation(Callback):
         subset_size: int = 512,
         batch_size: int = 128,
         every_n_epochs: int = 1,
-        k_min: int = 50,
-        var_threshold: float = 0.99,
-        num_permutations: int = 100,
-        stop_after_exceedances: int = 10,
-        holdout_fraction: float = 0.25,
-        l2: float = 1e-2,
-        max_iter: int = 200,
-        tol: float = 1e-5,
-        num_bootstrap: int = 200,
-        ci_level: float = 0.95,
-        auroc_floor: float = 0.5,
-        deconfound: bool = True,
-        seed: int = 0,
-        k_values: Sequence[int] = (),
-        decision: str = "calibrated",
+        k_min: int = _ANALYSIS.k_min,
+        var_threshold: float = _ANALYSIS.var_threshold,
+        num_permutations: int = _ANALYSIS.num_permutations,
+        stop_after_exceedances: int = _ANALYSIS.stop_after_exceedances,
+        holdout_fraction: float = _ANALYSIS.holdout_fraction,
+        l2: float = _ANALYSIS.l2,
+        max_iter: int = _ANALYSIS.max_iter,
+        tol: float = _ANALYSIS.tol,
+        num_bootstrap: int = _ANALYSIS.num_bootstrap,
+        ci_level: float = _ANALYSIS.ci_level,
+        auroc_floor: float = _ANALYSIS.auroc_floor,
+        deconfound: bool = _ANALYSIS.deconfound,
+        seed: int = _ANALYSIS.seed,
+        k_values: Sequence[int] = _ANALYSIS.k_values,
+        decision: str = _ANALYSIS.decision,
         alarm: Mapping[str, Any] | None = None,
         dirpath: str | None = None,
         save_matrices: bool = True,
@@ -418,20 +256,8 @@ class WeightSpaceCorrelation(Callback):
         id_key: BatchKey | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        problems = []
-        if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
-            problems.append(f"tasks: a list of head names or null, got {tasks!r}")
-        if protocol not in PROTOCOLS:
-            problems.append(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        for key, value, low in (("subset_size", subset_size, 4), ("batch_size", batch_size, 1),
-                                ("every_n_epochs", every_n_epochs, 1)):
-            if not is_int(value) or value < low:
-                problems.append(f"{key}: must be an integer >= {low}, got {value!r}")
-        if not isinstance(async_analysis, bool):
-            problems.append(f"async_analysis: must be true or false, got {async_analysis!r}")
-        if analysis_threads is not None and (not is_int(analysis_threads) or analysis_threads < 1):
-            problems.append(f"analysis_threads: must be an integer >= 1 or null, got {analysis_threads!r}")
-        self.settings = AnalysisSettings(
+        problems: list[Problem] = []
+        settings = AnalysisSettings(
             k_min=k_min, var_threshold=var_threshold, num_permutations=num_permutations,
             stop_after_exceedances=stop_after_exceedances,
             holdout_fraction=holdout_fraction, l2=l2, max_iter=max_iter, tol=tol, num_bootstrap=num_bootstrap,
@@ -439,35 +265,38 @@ class WeightSpaceCorrelation(Callback):
             k_values=tuple(k_values) if isinstance(k_values, Sequence) and not isinstance(k_values, str) else k_values,
             decision=decision,
         )
-        problems += self.settings.problems()
-        if not problems:
-            try:
-                split_subset(subset_size, holdout_fraction, seed)
-            except ValueError as err:
-                problems.append(f"subset_size/holdout_fraction: {err}")
+        evaluator = None
+        try:
+            evaluator = EpochEvaluator(
+                tasks=tasks, protocol=protocol, subset_size=subset_size, batch_size=batch_size, settings=settings,
+                head=head, embedding=embedding, metadata=metadata, metadata_heads=metadata_heads,
+                input_key=input_key, label_key=label_key, id_key=id_key, class_names=class_names)
+        except ConfigError as err:
+            problems += err.problems
+        if not is_int(every_n_epochs) or every_n_epochs < 1:
+            problems.append(Problem("every_n_epochs", f"must be an integer >= 1, got {every_n_epochs!r}"))
+        if not isinstance(async_analysis, bool):
+            problems.append(Problem("async_analysis", f"must be true or false, got {async_analysis!r}"))
+        if analysis_threads is not None and (not is_int(analysis_threads) or analysis_threads < 1):
+            problems.append(Problem("analysis_threads", f"must be an integer >= 1 or null, got {analysis_threads!r}"))
         try:
             self.alarm = AlarmSettings.from_mapping(alarm)
             problems += self.alarm.problems()
-        except (TypeError, ValueError) as err:
-            problems.append(str(err))
+        except ConfigError as err:
+            problems += err.problems
             self.alarm = AlarmSettings()
         if self.alarm.tasks and num_permutations == 0:
-            problems.append("alarm.tasks: the alarm reads p-values; set num_permutations >= 2 (e.g. 100)")
+            problems.append(Problem("alarm.tasks", "the alarm reads p-values; set num_permutations >= 2 (e.g. 100)"))
         if tasks is not None and not isinstance(tasks, str):
             outside = [t for t in self.alarm.tasks if t not in tasks]
             if outside:
-                problems.append(f"alarm.tasks: {outside} are not among tasks {list(tasks)}")
-        self._metadata, attach_problems = _attach_settings(
-            head=head, embedding=embedding, metadata=metadata, metadata_heads=metadata_heads, input_key=input_key,
-            label_key=label_key, id_key=id_key, class_names=class_names)
-        problems += attach_problems
-        if head is not None and protocol == "heads" and not metadata_heads and not attach_problems:
-            problems.append("protocol: 'heads' compares the module's metadata heads, and metadata_heads names none; "
-                            "set protocol: probe_refit (a probe per metadata task, refitted every epoch: the paper's "
-                            "probe protocol) or name the module's metadata heads in metadata_heads")
-        if problems:
-            raise ValueError("\n".join(problems))
-        self.tasks = list(tasks) if tasks is not None else None
+                problems.append(Problem("alarm.tasks", f"{outside} are not among tasks {list(tasks)}"))
+        raise_if(problems)
+        assert evaluator is not None
+        #: embeds the subset and runs the analysis; ``wsca-analyze`` uses it without a Trainer
+        self.evaluator = evaluator
+        self.settings = settings
+        self.tasks = evaluator.tasks
         self.protocol = protocol
         self.subset_size = subset_size
         self.batch_size = batch_size
@@ -478,15 +307,10 @@ class WeightSpaceCorrelation(Callback):
         self.save_plots = save_plots
         self.async_analysis = async_analysis
         self.analysis_threads = analysis_threads
-        self.head, self.embedding, self.metadata_heads = head, embedding, dict(metadata_heads or {})
-        self.input_key, self.label_key, self.id_key = input_key, label_key, id_key
-        self.class_names = None if class_names is None else list(class_names)
-        self._view: AttributeView | None = None
         self.history: list[dict[str, Any]] = []
-        self.alarm_counts: dict[str, int] = {t: 0 for t in self.alarm.tasks}
-        self.alarm_epoch: int | None = None  # first epoch at which the alarm went off
         self.last_entry: dict[str, Any] | None = None
-        self._resolved_dir: str | None = None
+        self._alarm = ShortcutAlarm(self.alarm)
+        self._outputs: EpochOutputs | None = None  # known at setup, where the directory is agreed across ranks
         self._module_protocol: str | None = None
         self._warned_no_validation = False
         self._pending: PendingAnalysis | None = None  # computed epoch whose result is not in the history yet
@@ -498,81 +322,33 @@ class WeightSpaceCorrelation(Callback):
         return self._generate_state_key(tasks=self.tasks, protocol=self.protocol, k_min=self.settings.k_min,
                                         var_threshold=self.settings.var_threshold)
 
+    @property
+    def alarm_counts(self) -> dict[str, int]:
+        """Per watched task, the consecutive computed epochs it has been interpretable and significant."""
+        return self._alarm.counts
+
+    @property
+    def alarm_epoch(self) -> int | None:
+        """The first epoch at which the alarm went off (None: it has not)."""
+        return self._alarm.first_epoch
+
     # --- checks --------------------------------------------------------------------------------------------------
-    def reader(self, pl_module: Any) -> SupportsWSC:
-        """What the callback reads the module through: the module itself (the WSC interface), or, when ``head`` is
-        set, an :class:`~wsca_lightning.attach.AttributeView` of it."""
-        if self.head is None:
-            return pl_module
-        if self._view is None or self._view.module is not pl_module:
-            self._view = AttributeView(
-                pl_module, head=self.head, embedding=self.embedding, metadata=self._metadata,
-                metadata_heads=self.metadata_heads, input_key=self.input_key, label_key=self.label_key,
-                id_key=self.id_key, class_names=self.class_names)
-        return self._view
-
-    def fit_metadata(self, pl_module: Any, batches: Iterable[Any]) -> None:
-        """Fit the label spaces of metadata that does not come from the module (a table's vocabularies and bins,
-        a callable's classes) on the analysed training subset's batches; nothing to do for the WSC interface."""
-        reader = self.reader(pl_module)
-        if isinstance(reader, AttributeView):
-            reader.fit(batches)
-
     def check_module(self, pl_module: Any) -> list[str]:
-        """Validate the module against this callback's settings; returns the metadata tasks to analyse."""
-        return self._tasks_and_classes(pl_module)[0]
-
-    def _tasks_and_classes(self, pl_module: Any) -> tuple[list[str], dict[str, list[str]]]:
-        """The metadata tasks to analyse and every task's class names (from its head, else from the metadata)."""
-        reader = self.reader(pl_module)
-        if not isinstance(reader, SupportsWSC):
-            missing = [m for m in ("wsc_primary_task", "wsc_embed", "wsc_head_weights", "wsc_targets")
-                       if not hasattr(pl_module, m)]
-            raise TypeError(
-                f"{type(pl_module).__name__} does not implement the WSC interface (missing: {', '.join(missing)}); "
-                "name its head by attribute path instead (WeightSpaceCorrelation(head='model.fc', metadata=...)), "
-                "or see wsca_lightning.interface"
-            )
-        heads = reader.wsc_head_weights()
-        primary = reader.wsc_primary_task
-        if primary not in heads:
-            raise ValueError(f"wsc_primary_task {primary!r} is not among the module's heads {sorted(heads)}")
-        classes = head_classes(heads, [name for name in heads if name != primary])
-        task_classes = getattr(reader, "wsc_task_classes", None)  # classes of tasks without a head (optional)
-        if isinstance(reader, AttributeView) and not reader.fitted:
-            if isinstance(reader.metadata, MetadataTable):
-                classes.update({t: [] for t in reader.metadata.tasks if t not in heads})  # classes after the fit
-        elif callable(task_classes):
-            classes.update({t: list(c) for t, c in task_classes().items() if t not in heads})
-        available = [name for name in classes if name != primary]
-        chosen = available if self.tasks is None else list(self.tasks)
-        if isinstance(reader, AttributeView) and not available and not reader.metadata_head_paths:
-            return chosen, classes  # a metadata callable's tasks are known once it has seen the training subset
-        what = "metadata task(s)" if isinstance(reader, AttributeView) else "metadata head(s)"
-        for key, names in (("tasks", chosen), ("alarm.tasks", self.alarm.tasks)):
-            unknown = [t for t in names if t not in available]
-            if unknown:
-                raise ValueError(
-                    f"{key}: unknown {what} {unknown}; the module's {what} are {available}"
-                    + (f" ({primary!r} is the primary head)" if primary in unknown else "")
-                )
-        if not chosen:
-            raise ValueError(f"the module has no metadata head besides the primary {primary!r}: nothing to analyse")
-        without_head = [t for t in chosen if t not in heads]
-        if self.protocol == "heads" and without_head:
-            raise ValueError(f"protocol: 'heads' compares metadata heads, and {without_head} have none; set "
-                             "protocol: probe_refit, or name their heads in metadata_heads")
-        return chosen, {t: classes[t] for t in chosen}
+        """Validate the module against this callback's settings; returns the metadata tasks to analyse. Raises
+        :class:`~wsca_lightning.problems.ConfigError` keyed ``tasks``, ``alarm.tasks`` or ``protocol`` (or unkeyed:
+        the module as a whole), or ``TypeError`` for a module without the WSC interface."""
+        return self.evaluator.check_module(pl_module, named={"alarm.tasks": self.alarm.tasks})
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self.check_module(pl_module)
-        protocol = getattr(self.reader(pl_module), "wsc_protocol", None)
+        protocol = getattr(self.evaluator.reader(pl_module), "wsc_protocol", None)
         self._module_protocol = None if protocol is None else str(protocol)
         # every rank writes (or logs) under rank 0's directory, as ModelCheckpoint agrees its dirpath
-        self._resolved_dir = trainer.strategy.broadcast(self.output_dir(trainer), src=0)
-        run_on_rank_zero(trainer, lambda: self.check_output_paths(self._directory), "checking the output directory")
+        directory = trainer.strategy.broadcast(self.output_dir(trainer), src=0)
+        self._outputs = EpochOutputs(directory, save_matrices=self.save_matrices, save_plots=self.save_plots)
+        run_on_rank_zero(trainer, lambda: self.check_output_paths(directory), "checking the output directory")
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and not cb._should_save_on_train_epoch_end(trainer):
                 rank_zero_warn(
@@ -581,47 +357,6 @@ class WeightSpaceCorrelation(Callback):
                     "Set ModelCheckpoint(save_on_train_epoch_end=True)."
                 )
 
-    def _check_subset_labels(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # the subset's labels are known before the first step (the training loader exists from here on): a task no
-        # probe can be fit on fails now, not at the end of the first epoch
-        loader = trainer.train_dataloader if isinstance(trainer.train_dataloader, DataLoader) else None
-        if loader is None:
-            return
-        dataset = analysis_view(loader.dataset)
-        subset = subset_batches(dataset, self.subset_indices(len(dataset)), batch_size=self.batch_size,
-                                collate_fn=loader.collate_fn)
-        self.fit_metadata(pl_module, subset)
-        reader = self.reader(pl_module)
-        labels: dict[str, list[Tensor]] = {}
-        for batch in subset:
-            for name, values in reader.wsc_targets(batch).items():
-                labels.setdefault(name, []).append(torch.as_tensor(values).to(torch.int64).cpu())
-        self.check_labels({name: torch.cat(parts) for name, parts in labels.items()}, self.check_module(pl_module),
-                          primary=reader.wsc_primary_task)
-
-    def check_labels(self, targets: Mapping[str, Tensor], tasks: Sequence[str], primary: str | None = None) -> None:
-        """Every task (and the primary) must have labels, and every metadata task at least 2 classes in the fit part
-        of the subset (else no probe exists)."""
-        problems = []
-        if primary is not None and primary not in targets:
-            problems.append(f"{primary}: wsc_targets(batch) gives no labels for the primary task")
-        n = len(next(iter(targets.values()))) if targets else 0
-        fit_idx, _ = split_subset(n, self.settings.holdout_fraction, self.seed) if n >= 4 else (torch.arange(n), None)
-        for name in tasks:
-            if name not in targets:
-                problems.append(f"{name}: wsc_targets(batch) gives no labels for this task")
-                continue
-            y = targets[name][fit_idx]
-            classes = torch.unique(y[y >= 0])
-            if classes.numel() < 2:
-                problems.append(
-                    f"{name}: {classes.numel()} class(es) among the {int((y >= 0).sum())} labelled rows of the WSC "
-                    f"subset's fit part ({len(fit_idx)} rows); a probe needs 2. Raise subset_size or leave the task "
-                    "out of tasks"
-                )
-        if problems:
-            raise ValueError("WeightSpaceCorrelation cannot analyse these tasks:\n" + "\n".join(problems))
-
     @property
     def protocol_name(self) -> str:
         """What the observed metadata directions are: ``probe_refit``, or the module's head mode for ``heads``."""
@@ -629,76 +364,9 @@ class WeightSpaceCorrelation(Callback):
             return "probe_refit"
         return self._module_protocol or "heads"
 
-    # --- the analysis --------------------------------------------------------------------------------------------
-    def subset_indices(self, dataset_size: int) -> list[int]:
-        """The fixed subset: the first ``subset_size`` of a seeded permutation, sorted."""
-        generator = torch.Generator().manual_seed(self.seed)
-        perm = torch.randperm(dataset_size, generator=generator)[: min(self.subset_size, dataset_size)]
-        return sorted(perm.tolist())
-
-    def holdout_indices(self, dataset_size: int) -> list[int]:
-        """The fixed rows of the validation data that measure the encodability gate: as many as the subset holds
-        out (``round(subset_size * holdout_fraction)``), a seeded draw, sorted."""
-        size = int(round(self.subset_size * self.settings.holdout_fraction))
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        return sorted(torch.randperm(dataset_size, generator=generator)[: min(size, dataset_size)].tolist())
-
-    def analyze(
-        self, pl_module: SupportsWSC, subset: EmbeddedSubset, holdout: EmbeddedSubset | None = None
-    ) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """Run the engine on an embedded subset; returns the analysis and its summary entry (plain Python).
-
-        ``holdout``: embeddings and labels of data the backbone did not train on (the validation data), where the
-        encodability gate measures each probe; without it the gate uses the subset's held-out part.
-        """
-        tasks, classes = self._tasks_and_classes(pl_module)
-        reader = self.reader(pl_module)
-        return self.analyze_heads(reader.wsc_head_weights(), reader.wsc_primary_task, tasks, subset, holdout,
-                                  task_classes=classes)
-
-    def analyze_heads(
-        self,
-        heads: Mapping[str, HeadWeights],
-        primary: str,
-        tasks: Sequence[str],
-        subset: EmbeddedSubset,
-        holdout: EmbeddedSubset | None = None,
-        task_classes: Mapping[str, Sequence[str]] | None = None,
-    ) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """:meth:`analyze` on given head weights (e.g. copied at an epoch's end) instead of a module's.
-
-        ``task_classes``: class names of every task (needed for tasks without a head; default from the heads).
-        """
-        missing = [t for t in [primary, *tasks] if t not in subset.targets]
-        if missing:
-            raise ValueError(f"wsc_targets(batch) returned no labels for {missing}; it gave {sorted(subset.targets)}")
-        cols = {**head_classes(heads, tasks), **{t: list(c) for t, c in (task_classes or {}).items()}}
-        num_classes = {t: len(cols[t]) for t in tasks}
-        analysis = analyze_embeddings(
-            subset.embeddings,
-            heads[primary].weight,
-            {t: subset.targets[t] for t in tasks},
-            num_classes,
-            head_weights={t: heads[t].weight for t in tasks} if self.protocol == "heads" else None,
-            primary_labels=subset.targets[primary],
-            class_names={**cols, "__primary__": list(heads[primary].row_names)},
-            settings=self.settings,
-            holdout_embeddings=None if holdout is None else holdout.embeddings,
-            holdout_labels=None if holdout is None else {t: holdout.targets[t] for t in tasks},
-        )
-        entry = analysis_entry(analysis, list(heads[primary].row_names), cols)
-        stalled = [t for t, task in analysis.tasks.items() if not task.probe.converged]
-        if stalled:
-            rank_zero_warn(
-                f"WSC probes for {stalled} did not converge within max_iter={self.settings.max_iter} L-BFGS "
-                f"iterations (gradient above tol={self.settings.tol:g}); their values are approximate. Raise the "
-                "callback's max_iter or l2."
-            )
-        return analysis, entry
-
     def evaluate(
         self,
-        pl_module: SupportsWSC,
+        pl_module: Any,
         dataset: Dataset,
         *,
         holdout_dataset: Dataset | None = None,
@@ -706,29 +374,12 @@ class WeightSpaceCorrelation(Callback):
         to_device: Any = None,
         progress: bool = False,
     ) -> tuple[WSCAnalysis, dict[str, Any]]:
-        """Embed this callback's subset of ``dataset`` and analyse it (usable outside a Trainer, e.g. post hoc).
+        """Embed this callback's subset of ``dataset`` and analyse it outside a Trainer
+        (:meth:`EpochEvaluator.evaluate <wsca_lightning.epoch_analysis.EpochEvaluator.evaluate>`)."""
+        return self.evaluator.evaluate(pl_module, dataset, holdout_dataset=holdout_dataset, collate_fn=collate_fn,
+                                       to_device=to_device, progress=progress)
 
-        ``holdout_dataset``: data the backbone did not train on (e.g. the validation split), where the encodability
-        gate is measured (:meth:`holdout_indices` of it); without it the gate uses the subset's held-out part.
-        ``progress``: progress bars for the embedding passes (on a terminal).
-        """
-        self.check_module(pl_module)
-        dataset = analysis_view(dataset)
-        indices = self.subset_indices(len(dataset))
-        self.fit_metadata(pl_module, subset_batches(dataset, indices, batch_size=self.batch_size,
-                                                    collate_fn=collate_fn))
-        reader = self.reader(pl_module)
-        subset = embed_dataset(pl_module, dataset, indices, batch_size=self.batch_size, collate_fn=collate_fn,
-                               to_device=to_device, reader=reader,
-                               progress="embedding the training subset" if progress else None)
-        holdout = None
-        if holdout_dataset is not None:
-            holdout_dataset = analysis_view(holdout_dataset)
-            holdout = embed_dataset(pl_module, holdout_dataset, self.holdout_indices(len(holdout_dataset)),
-                                    batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device,
-                                    reader=reader, progress="embedding the holdout" if progress else None)
-        return self.analyze(pl_module, subset, holdout)
-
+    # --- the epoch-end hook --------------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -749,13 +400,14 @@ class WeightSpaceCorrelation(Callback):
         # runs once, on global rank zero, and its (plain Python) result is broadcast, so every rank logs the same
         # keys and values. A failure on any rank is raised on every rank (callbacks/distributed.py).
         dataset = analysis_view(loader.dataset)
-        subset = self._embed_subset(trainer, pl_module, dataset, loader.collate_fn, self.subset_indices(len(dataset)))
+        subset = self._embed_subset(trainer, pl_module, dataset, loader.collate_fn,
+                                    self.evaluator.subset_indices(len(dataset)))
         holdout = None
         val_loader = self._validation_loader(trainer)
         if val_loader is not None:
             val_dataset = analysis_view(val_loader.dataset)
             holdout = self._embed_subset(trainer, pl_module, val_dataset, val_loader.collate_fn,
-                                         self.holdout_indices(len(val_dataset)))
+                                         self.evaluator.holdout_indices(len(val_dataset)))
         elif not self._warned_no_validation:
             self._warned_no_validation = True
             rank_zero_warn(
@@ -763,9 +415,9 @@ class WeightSpaceCorrelation(Callback):
                 "held-out part of the training subset, which a backbone that memorised a column through its head "
                 "passes. Give the Trainer validation data (val_dataloaders or a datamodule's val_dataloader)."
             )
-        reader = self.reader(pl_module)
+        reader = self.evaluator.reader(pl_module)
         primary = reader.wsc_primary_task
-        tasks, classes = self._tasks_and_classes(pl_module)
+        tasks, classes = self.evaluator.tasks_and_classes(pl_module)
         pending = PendingAnalysis(
             epoch=epoch,
             step=_epoch_end_step(trainer),
@@ -791,7 +443,10 @@ class WeightSpaceCorrelation(Callback):
             self._collect(trainer, pl_module)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._check_subset_labels(trainer, pl_module)
+        # the subset's labels are known before the first step (the training loader exists from here on)
+        loader = trainer.train_dataloader
+        if isinstance(loader, DataLoader):
+            self.evaluator.check_subset_labels(pl_module, loader.dataset, loader.collate_fn)
         if self._pending is not None:  # restored from a checkpoint taken while its analysis ran: recompute it
             pending, self._pending = self._pending, None
             self._start(trainer, pl_module, pending, inline=not self.async_analysis, in_epoch_end=False)
@@ -863,11 +518,11 @@ class WeightSpaceCorrelation(Callback):
     def _run_analysis(self, pending: PendingAnalysis) -> tuple[dict[str, Any], dict[str, float]]:
         """The analysis and the epoch's files (global rank zero): the summary entry and how long each took."""
         start = time.perf_counter()
-        entry = self.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset, pending.holdout,
-                                   task_classes=pending.task_classes)[1]
+        entry = self.evaluator.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset,
+                                             pending.holdout, task_classes=pending.task_classes)[1]
         entry = {"epoch": pending.epoch, "global_step": pending.global_step, **entry}
         analysed = time.perf_counter()
-        self._write_epoch_files(entry, pending.primary)
+        self._files.write_epoch(entry, pending.primary, self.protocol_name)
         return entry, {"analysis": analysed - start, "files": time.perf_counter() - analysed}
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, pending: PendingAnalysis,
@@ -889,8 +544,8 @@ class WeightSpaceCorrelation(Callback):
             trainer.progress_bar_metrics.update({key: logged[key] for t in self.alarm.tasks
                                                  if (key := f"wsc/{t}/test_p") in logged})
         if trainer.is_global_zero and self.save_plots:
-            self._log_heatmap(trainer, epoch, pending.step)
-        fired = self._update_alarm(entry, epoch)
+            self._files.log_heatmap(trainer.loggers, epoch, pending.step)
+        fired = self._alarm.update(entry)
         parts = {"embed": pending.embed_seconds, **timing}
         # what training waited for: the embedding pass, and the analysis itself when it ran inline
         blocking = pending.embed_seconds + parts.get("waited", parts["analysis"] + parts["files"])
@@ -912,6 +567,18 @@ class WeightSpaceCorrelation(Callback):
         self._act_on_alarm(trainer, fired, epoch)
         # rewritten every epoch, so a run that is killed still leaves a summary of its last computed epoch
         run_on_rank_zero(trainer, lambda: self._write_summary(trainer, pl_module), "writing the summary")
+
+    def _act_on_alarm(self, trainer: L.Trainer, fired: list[str], epoch: int) -> None:
+        # every rank computed the same p-values; the reduction makes the decision identical even if one differs
+        decision = trainer.strategy.reduce_boolean_decision(bool(fired), all=False)
+        if not decision:
+            return
+        message = self._alarm.went_off(epoch, fired, self.summary_path)
+        if self.alarm.action == "stop":
+            trainer.should_stop = True
+            rank_zero_warn(message + " Stopping training (alarm.action=stop).")
+        else:
+            rank_zero_warn(message)
 
     def _shutdown_worker(self) -> None:
         if self._executor is not None:
@@ -948,7 +615,7 @@ class WeightSpaceCorrelation(Callback):
             lambda: embed_dataset(
                 pl_module, dataset, shard, batch_size=self.batch_size, collate_fn=collate_fn,
                 to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device),
-                reader=self.reader(pl_module),
+                reader=self.evaluator.reader(pl_module),
             ),
             "the embedding pass",
         )
@@ -958,13 +625,6 @@ class WeightSpaceCorrelation(Callback):
             {name: gather_shards(trainer, labels.to(device), len(indices), self.batch_size)
              for name, labels in local.targets.items()},
         )
-
-    def _write_epoch_files(self, entry: Mapping[str, Any], primary: str) -> None:
-        if self.save_matrices:
-            self._write_matrices(entry)
-        if self.save_plots:
-            self._write_heatmap(entry, primary)
-        write_table(entry, os.path.join(self._directory, TABLE_FILENAME))
 
     @staticmethod
     def _logged(entry: Mapping[str, Any]) -> dict[str, float]:
@@ -986,98 +646,27 @@ class WeightSpaceCorrelation(Callback):
                 out[key] = v
         return dict(sorted(out.items()))
 
-    # --- the shortcut alarm --------------------------------------------------------------------------------------
-    def _update_alarm(self, entry: Mapping[str, Any], epoch: int) -> list[str]:
-        """Advance the consecutive-significance counters; returns the tasks at or past ``patience``."""
-        for name in self.alarm.tasks:
-            task = entry["tasks"][name]
-            p = decision_p(task)
-            hit = task["interpretable"] and p is not None and p < self.alarm.alpha
-            self.alarm_counts[name] = self.alarm_counts.get(name, 0) + 1 if hit else 0
-        return [t for t in self.alarm.tasks if self.alarm_counts[t] >= self.alarm.patience]
-
-    def _act_on_alarm(self, trainer: L.Trainer, fired: list[str], epoch: int) -> None:
-        # every rank computed the same p-values; the reduction makes the decision identical even if one differs
-        decision = trainer.strategy.reduce_boolean_decision(bool(fired), all=False)
-        if not decision:
-            return
-        if self.alarm_epoch is None:
-            self.alarm_epoch = epoch
-        names = fired or list(self.alarm.tasks)
-        message = (
-            f"WSC shortcut alarm at epoch {epoch}: the primary head aligns with {names} beyond the shortcut test's "
-            f"nulls (p < {self.alarm.alpha}) for at least {self.alarm.patience} consecutive epoch(s) (now "
-            f"{ {t: self.alarm_counts[t] for t in names} }), and the metadata is encoded (probe AUROC above chance). "
-            f"See {self.summary_path}."
-        )
-        if self.alarm.action == "stop":
-            trainer.should_stop = True
-            rank_zero_warn(message + " Stopping training (alarm.action=stop).")
-        else:
-            rank_zero_warn(message)
-
     # --- files ---------------------------------------------------------------------------------------------------
-    def _write_matrices(self, entry: Mapping[str, Any]) -> None:
-        os.makedirs(self._directory, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {"k": np.asarray(entry["k"])}
-        for name, task in entry["tasks"].items():
-            arrays[name] = np.asarray(task["matrix"], dtype=np.float64)
-            arrays[f"{name}__unprojected"] = np.asarray(task["unprojected"]["matrix"], dtype=np.float64)
-            arrays[f"{name}__rows"] = np.asarray(task["rows"], dtype=str)
-            arrays[f"{name}__cols"] = np.asarray(task["cols"], dtype=str)
-        np.savez(os.path.join(self._directory, f"epoch_{entry['epoch']:04d}.npz"), **arrays)
-
-    def _write_heatmap(self, entry: Mapping[str, Any], primary: str) -> None:
-        from wsca_lightning.plots import heatmap_figure, save_figure
-
-        fig = heatmap_figure(entry["tasks"], primary,
-                             title=f"WSC, epoch {entry['epoch']} ({self.protocol_name}, k={entry['k']})")
-        epoch_png = os.path.join(self._directory, "heatmaps", f"epoch_{entry['epoch']:04d}.png")
-        save_figure(fig, epoch_png)
-        latest = os.path.join(self._directory, HEATMAP_FILENAME)
-        shutil.copyfile(epoch_png, latest + ".partial")
-        os.replace(latest + ".partial", latest)
-
-    def _log_heatmap(self, trainer: L.Trainer, epoch: int, step: int) -> None:
-        """The epoch's heatmap (as written) to every logger that takes figures (:mod:`wsca_lightning.tracking`), at
-        the step of that epoch's scalars."""
-        log_image(trainer.loggers, "wsc/heatmap", os.path.join(self._directory, "heatmaps", f"epoch_{epoch:04d}.png"),
-                  epoch=epoch, step=step, artifact_dir="wsc/heatmaps")
-
     def output_dir(self, trainer: L.Trainer) -> str:
         """Where this callback writes for ``trainer``: ``dirpath``, or ``<trainer.default_root_dir>/wsc``."""
         return self.dirpath or os.path.join(trainer.default_root_dir, "wsc")
 
     @staticmethod
     def check_output_paths(directory: str) -> None:
-        """Refuse before training (at setup, and in ``wsca-train`` before the data is built) what would fail at the
-        first epoch end, after that epoch trained but before its checkpoint: an output path taken by the wrong kind
-        of entry, or a directory that cannot be written."""
-        problems = []
-        for name in ("", "heatmaps"):
-            path = os.path.join(directory, name)
-            if os.path.exists(path) and not os.path.isdir(path):
-                problems.append(f"{path} is a file where the WSC callback writes a directory")
-        for name in (SUMMARY_FILENAME, TABLE_FILENAME, HEATMAP_FILENAME, OVER_EPOCHS_FILENAME):
-            path = os.path.join(directory, name)
-            if os.path.exists(path) and not os.path.isfile(path):
-                problems.append(f"{path} is a directory where the WSC callback writes a file")
-        existing = os.path.abspath(directory)
-        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-            existing = os.path.dirname(existing)
-        if os.path.isdir(existing) and not os.access(existing, os.W_OK | os.X_OK):
-            problems.append(f"{existing} is not writable, so {directory} cannot be written")
-        if problems:
-            raise ValueError("dirpath: " + "; ".join(problems) + ": remove or rename them, or set dirpath to "
-                             "another directory")
+        """:func:`wsca_lightning.epoch_analysis.outputs.check_output_paths`: raises ``ConfigError`` keyed
+        ``dirpath``."""
+        check_output_paths(directory)
 
     @property
-    def _directory(self) -> str:
-        if self._resolved_dir is None:
+    def _files(self) -> EpochOutputs:
+        if self._outputs is None:
             raise RuntimeError("WeightSpaceCorrelation has no output directory before setup()")
-        return self._resolved_dir
+        return self._outputs
 
-    # --- fit end ------------------------------------------------------------------------------------------------
+    @property
+    def summary_path(self) -> str:
+        return self._files.summary_path
+
     def summary(self, primary: str) -> dict[str, Any]:
         """``wsc_summary.json`` content: the last computed epoch in full, the alarm, and the scalar history."""
         if self.last_entry is None:
@@ -1087,7 +676,7 @@ class WeightSpaceCorrelation(Callback):
             "protocol": self.protocol_name,
             "head_mode": self._module_protocol,
             **self.last_entry,
-            "alarm": {**self.alarm.to_dict(), "counts": dict(self.alarm_counts), "first_epoch": self.alarm_epoch},
+            "alarm": self._alarm.summary(),
             "history": self.history,
         }
 
@@ -1098,27 +687,14 @@ class WeightSpaceCorrelation(Callback):
         self._write_summary(trainer, pl_module)
         if not trainer.is_global_zero:
             return
-        if self.save_plots and self.history:
-            from wsca_lightning.plots import history_figure, save_figure
-
-            fig = history_figure(self.history, self.reader(pl_module).wsc_primary_task, alpha=self.alarm.alpha)
-            over_epochs = os.path.join(self._directory, OVER_EPOCHS_FILENAME)
-            save_figure(fig, over_epochs)
-            log_image(trainer.loggers, "wsc/over_epochs", over_epochs, epoch=self.history[-1]["epoch"],
-                      step=_epoch_end_step(trainer), artifact_dir="wsc")
-        if self.last_entry is not None:
-            # the table is the last computed epoch's; a run resumed into another directory may not have written it
-            files = [self.summary_path, os.path.join(self._directory, TABLE_FILENAME)]
-            log_files(trainer.loggers, [path for path in files if os.path.exists(path)], artifact_dir="wsc")
+        self._files.write_fit_end(trainer.loggers, self.history, self.evaluator.reader(pl_module).wsc_primary_task,
+                                  alpha=self.alarm.alpha, step=_epoch_end_step(trainer),
+                                  has_entry=self.last_entry is not None)
 
     def _write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_entry is None or not trainer.is_global_zero:
             return
-        write_summary(self.summary(self.reader(pl_module).wsc_primary_task), self.summary_path)
-
-    @property
-    def summary_path(self) -> str:
-        return os.path.join(self._directory, SUMMARY_FILENAME)
+        self._files.write_summary(self.summary(self.evaluator.reader(pl_module).wsc_primary_task))
 
     # --- checkpointing: plain Python only (checkpoints load with weights_only=True) ------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -1130,8 +706,6 @@ class WeightSpaceCorrelation(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         self.last_entry = state_dict.get("last_entry")
-        saved = state_dict.get("alarm_counts", {})
-        self.alarm_counts = {t: int(saved.get(t, 0)) for t in self.alarm.tasks}
-        self.alarm_epoch = state_dict.get("alarm_epoch")
+        self._alarm.restore(state_dict.get("alarm_counts", {}), state_dict.get("alarm_epoch"))
         pending = state_dict.get("pending")
         self._pending = None if pending is None else PendingAnalysis.from_state(pending)

@@ -13,16 +13,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
-from wsca_lightning.cli.train import (
-    CONFIG_PATH,
-    ConfigError,
-    prefix_keys,
-    instantiate_node,
-    launch,
-    report_or_exit,
-)
-from wsca_lightning.posthoc import CheckpointError, load_checkpoint_module, write_analysis
+from wsca_lightning.cli.common import CONFIG_PATH, instantiate_node, launch, report_or_exit
+from wsca_lightning.epoch_analysis.evaluator import EpochEvaluator
+from wsca_lightning.problems import ConfigError, Problem
+from wsca_lightning.posthoc import load_checkpoint_module, write_analysis
 from wsca_lightning.summary import format_summary
 from wsca_lightning.tasks import spec_differences
 
@@ -34,43 +28,48 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
     Every problem is a ``ConfigError`` naming its key."""
     if cfg.get("split") not in SPLITS:
-        raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {cfg.get('split')!r}")
+        raise ConfigError.at("split", f"must be one of {', '.join(SPLITS)}, got {cfg.get('split')!r}")
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise ConfigError("checkpoint: missing; pass checkpoint=<path to a wsca-train .ckpt>")
-    # the cheap checks first: analysis settings, then the checkpoint, then the data (which may take a while)
+        raise ConfigError.at("checkpoint", "missing; pass checkpoint=<path to a wsca-train .ckpt>")
+    # the cheap checks first: analysis settings, then the checkpoint, then the data (which may take a while). The
+    # analysis settings are the training callback's (conf/callbacks/wsc.yaml): its constructor checks them all, and
+    # its evaluator embeds and analyses here as it does at an epoch's end.
     callback = instantiate_node(cfg, "wsc", save_matrices=False)
-    if not isinstance(callback, WeightSpaceCorrelation):
-        raise ConfigError("wsc._target_: must be wsca_lightning.callbacks.WeightSpaceCorrelation")
-    try:
-        module, ckpt = load_checkpoint_module(cfg.checkpoint)
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from err
+    evaluator = getattr(callback, "evaluator", None)
+    if not isinstance(evaluator, EpochEvaluator):
+        raise ConfigError.at("wsc._target_", "must be wsca_lightning.callbacks.WeightSpaceCorrelation")
+    module, ckpt = load_checkpoint_module(cfg.checkpoint)  # a CheckpointError is a ConfigError keyed checkpoint
     try:
         callback.check_module(module)
-    except ValueError as err:
-        raise ConfigError(f"wsc.{err}") from err
-    with open_dict(cfg):
-        cfg.model.backbone.in_channels = module.hparams.input_shape[0]
+    except ConfigError as err:
+        raise err.under("wsc") from err
+    input_channels = module.hparams.input_shape[0]
+    data_node = cfg.get("data")
+    if OmegaConf.is_dict(data_node) and "in_channels" in data_node:
+        with open_dict(cfg):
+            cfg.data.in_channels = input_channels  # the data's channels are the ones the model was trained on
     datamodule = instantiate_node(cfg, "data")
     try:
         datamodule.setup("fit")
+    except ConfigError as err:
+        raise err.under("data") from err
     except ValueError as err:
-        raise ConfigError(prefix_keys(str(err), "data")) from err
+        raise ConfigError.at("data", str(err)) from err
     problems = spec_differences(module.hparams.tasks, [s.to_dict() for s in datamodule.task_specs])
     if list(datamodule.input_shape) != list(module.hparams.input_shape):
         problems.append(f"input shape {list(datamodule.input_shape)} in the data, {list(module.hparams.input_shape)} "
                         "in the model (set data.image_size to the training size)")
     if problems:
-        raise ConfigError("data: does not match the checkpoint's heads; analyse with the data config the model was "
-                          "trained with:\n  " + "\n  ".join(problems))
+        raise ConfigError(Problem("data", "does not match the checkpoint's heads; analyse with the data config the "
+                                          "model was trained with:\n  " + "\n  ".join(problems)))
     dataset = datamodule.train_dataset if cfg.split == "train" else datamodule.val_dataset
     # the encodability gate needs data the backbone did not train on: the validation split (for split=val, the
     # subset's own held-out part already is)
     holdout = datamodule.val_dataset if cfg.split == "train" else None
-    _, entry = callback.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
+    _, entry = evaluator.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
     summary = {
         "primary": module.wsc_primary_task,
-        "protocol": "probe_refit" if callback.protocol == "probe_refit" else module.wsc_protocol,
+        "protocol": "probe_refit" if evaluator.protocol == "probe_refit" else module.wsc_protocol,
         "head_mode": module.wsc_protocol,
         "checkpoint": str(cfg.checkpoint),
         "epoch": ckpt.get("epoch"),

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wsca_lightning.plain import is_int
+from wsca_lightning.problems import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ RESUME_MAY_CHANGE = (
 SEED_RANGE = (0, 2**32 - 1)  # numpy's and Lightning's seed range
 
 
-class RunDirectoryError(ValueError):
-    """Why a run may not start in its directory, one problem per line, each starting with its config key."""
+class RunDirectoryError(ConfigError):
+    """Why a run may not start in its directory: every problem, each keyed by the config key to change."""
 
 
 def launcher_rank() -> int:
@@ -102,16 +103,16 @@ def _task_values(cfg: DictConfig) -> dict[str, Any]:
     return dict(_flatten(container))
 
 
-def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
-    """The keys outside :data:`RESUME_MAY_CHANGE` whose values differ, as ``key: was X, now Y`` lines. Values are
+def config_differences(saved: DictConfig, current: DictConfig) -> list[Problem]:
+    """The keys outside :data:`RESUME_MAY_CHANGE` whose values differ (``key: was X, now Y``). Values are
     compared as written (interpolations unresolved), as Hydra saved them."""
     old, new = _task_values(saved), _task_values(current)
     lines = []
     for key in sorted(old.keys() | new.keys()):
         if _may_change(key) or old.get(key, "<unset>") == new.get(key, "<unset>"):
             continue
-        lines.append(f"{key}: was {old.get(key, '<unset>')!r} in the run being resumed, now "
-                     f"{new.get(key, '<unset>')!r}")
+        lines.append(Problem(key, f"was {old.get(key, '<unset>')!r} in the run being resumed, now "
+                                  f"{new.get(key, '<unset>')!r}"))
     return lines
 
 
@@ -124,68 +125,69 @@ def _saved_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in overrides] if isinstance(overrides, ListConfig) else []
 
 
-def check_settings(cfg: DictConfig) -> list[str]:
+def check_settings(cfg: DictConfig) -> list[Problem]:
     """Problems of the top-level settings that fail deep inside Lightning otherwise: required values never set
     (``???``), the seed, ``overwrite`` (``ckpt_path`` is checked with the directory it resumes)."""
-    problems = [f"{key}: required and not set; add {key}=<value> to the command line"
+    problems = [Problem(key, f"required and not set; add {key}=<value> to the command line")
                 for key, value in _task_values(cfg).items() if value == "???"]
     seed = _select(cfg, "seed")
     if not is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        problems.append(f"seed: must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed!r}")
+        problems.append(Problem("seed", f"must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed!r}"))
     overwrite = _select(cfg, "overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
-        problems.append(f"overwrite: must be true or false, got {overwrite!r}")
+        problems.append(Problem("overwrite", f"must be true or false, got {overwrite!r}"))
     return problems
 
 
-def check_run_directory(cfg: DictConfig, run_dir: Path) -> list[str]:
+def check_run_directory(cfg: DictConfig, run_dir: Path) -> list[Problem]:
     """Problems with starting this run in ``run_dir``; nothing is written."""
     problems = check_settings(cfg)
     run_real = Path(os.path.realpath(run_dir))
     root = _select(cfg, "data.root")
     if isinstance(root, str) and root and _inside(run_real, Path(os.path.realpath(root))):
-        problems.append(
-            f"hydra.run.dir: {run_dir} is inside data.root ({root}); a run never writes into a data folder: choose "
-            "a directory outside it"
-        )
+        problems.append(Problem(
+            "hydra.run.dir", f"{run_dir} is inside data.root ({root}); a run never writes into a data folder: "
+            "choose a directory outside it"
+        ))
     existing = _nearest_existing(run_real)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        problems.append(f"hydra.run.dir: cannot write {run_dir} ({existing} is not a writable directory); choose "
-                        "another directory")
+        problems.append(Problem("hydra.run.dir", f"cannot write {run_dir} ({existing} is not a writable "
+                                "directory); choose another directory"))
     ckpt_path = _select(cfg, "ckpt_path")
     outputs = _outputs(run_real) if run_real.is_dir() else []
     if ckpt_path is None:
         if outputs and not _select(cfg, "overwrite"):
-            problems.append(
-                f"hydra.run.dir: {run_dir} already holds a run ({', '.join(outputs)}); resume it with "
+            problems.append(Problem(
+                "hydra.run.dir", f"{run_dir} already holds a run ({', '.join(outputs)}); resume it with "
                 "ckpt_path=last, add overwrite=true to delete those outputs and start again, or choose a new "
                 "directory"
-            )
+            ))
         return problems
     checkpoint = run_real / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(str(ckpt_path))
     if ckpt_path == "last" and not checkpoint.is_file():
-        problems.append(f"ckpt_path: 'last' but {checkpoint} does not exist, so there is nothing to resume; leave "
-                        "ckpt_path out to start a new run, or give the directory of the run to resume as "
-                        "hydra.run.dir")
+        problems.append(Problem("ckpt_path", f"'last' but {checkpoint} does not exist, so there is nothing to "
+                                "resume; leave ckpt_path out to start a new run, or give the directory of the run "
+                                "to resume as hydra.run.dir"))
     elif not checkpoint.is_file() or not os.access(checkpoint, os.R_OK):
-        problems.append(f"ckpt_path: {ckpt_path} is not a readable file; give the path of a .ckpt file, or 'last' "
-                        "to resume the run in hydra.run.dir")
+        problems.append(Problem("ckpt_path", f"{ckpt_path} is not a readable file; give the path of a .ckpt "
+                                "file, or 'last' to resume the run in hydra.run.dir"))
     saved_path = run_real / ".hydra" / "config.yaml"
     if saved_path.is_file():
         try:
             differences = config_differences(OmegaConf.load(saved_path), cfg)
         except Exception as err:  # noqa: BLE001 -- any unreadable YAML: the resume cannot be verified
-            differences = [f"ckpt_path: the saved config of the run to resume, {saved_path}, cannot be read "
-                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); restore it "
-                           "from a copy, or start a new run in another directory"]
+            differences = [Problem(
+                "ckpt_path", f"the saved config of the run to resume, {saved_path}, cannot be read "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); restore it from a copy, "
+                "or start a new run in another directory")]
         if differences:
             saved = " ".join(_saved_overrides(run_real))
             problems.extend(differences)
-            problems.append(
-                f"ckpt_path: a resume continues the run in {run_dir} with its own settings ({saved_path}); repeat "
+            problems.append(Problem(
+                "ckpt_path", f"a resume continues the run in {run_dir} with its own settings ({saved_path}); repeat "
                 f"its overrides: wsca-train {saved + ' ' if saved else ''}hydra.run.dir={run_dir} "
                 f"ckpt_path={ckpt_path} (only {', '.join(RESUME_MAY_CHANGE[2:])} may change)"
-            )
+            ))
     return problems
 
 
@@ -214,7 +216,7 @@ class RunLock:
         self.path = run_dir / LOCK_FILENAME
         self.held = False
 
-    def acquire(self) -> str | None:
+    def acquire(self) -> Problem | None:
         """Take the lock; returns the problem when another live run holds it."""
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         for _ in range(2):
@@ -229,8 +231,8 @@ class RunLock:
                         and not _alive(holder["pid"]):
                     self.path.unlink(missing_ok=True)  # a run that died without releasing it
                     continue
-                return (
-                    f"hydra.run.dir: another run (host {holder.get('host')}, pid {holder.get('pid')}, started "
+                return Problem(
+                    "hydra.run.dir", f"another run (host {holder.get('host')}, pid {holder.get('pid')}, started "
                     f"{holder.get('started')}) is using {self.path.parent}; wait for it to finish or choose another "
                     f"directory (if no run is using it, delete {self.path})"
                 )
@@ -239,7 +241,7 @@ class RunLock:
             self.held = True
             atexit.register(self.release)
             return None
-        return f"hydra.run.dir: could not take {self.path}; delete it if no run is using the directory"
+        return Problem("hydra.run.dir", f"could not take {self.path}; delete it if no run is using the directory")
 
     def release(self) -> None:
         if self.held and _read_lock(self.path).get("pid") == os.getpid():
@@ -261,7 +263,7 @@ def claim_run_directory(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
         return
     problems = check_run_directory(cfg, run_dir)
     if problems:
-        raise RunDirectoryError("\n".join(problems))
+        raise RunDirectoryError(problems)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)

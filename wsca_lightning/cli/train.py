@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
-import re
 import sys
 import time
-import warnings
 from typing import Any, Callable, Sequence
 
 import hydra
@@ -17,64 +14,22 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from wsca_lightning.callbacks.wsc import WeightSpaceCorrelation
+from wsca_lightning.cli.common import CONFIG_PATH, instantiate_group, instantiate_node, launch, report_or_exit
 from wsca_lightning.cli.run_directory import (
-    RunDirectoryError,
     SetAsideSupersededRows,
     claim_run_directory,
+    launcher_rank,
     release_run_directory,
 )
+from wsca_lightning.problems import ConfigError
 from wsca_lightning.summary import SUMMARY_FILENAME, format_summary
 from wsca_lightning.threads import TorchThreads
-
-CONFIG_PATH = "pkg://wsca_lightning.conf"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported with the config key it comes from."""
-
-
-def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(cfg[key])`` whose errors name the config key (``data.image_size: ...``)."""
-    node = OmegaConf.select(cfg, key)
-    try:
-        return hydra.utils.instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__ if err.__cause__ is not None else err
-        unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(cause))
-        if isinstance(cause, TypeError) and unexpected:
-            target = hydra.utils.get_class(node["_target_"])
-            valid = [p for p in inspect.signature(target.__init__).parameters if p not in ("self", "args", "kwargs")]
-            raise ConfigError(f"{key}.{unexpected.group(1)}: unknown key; valid keys: {', '.join(valid)}") from err
-        raise ConfigError(prefix_keys(str(cause) or str(err), key)) from err
-
-
-def prefix_keys(message: str, key: str) -> str:
-    """Our classes report one problem per line, each starting with the key it concerns (``image_size: ...``);
-    prefix those keys with the config node's key; other lines get ``<key>: `` in front."""
-    lines = []
-    for line in message.splitlines():
-        stripped = line.lstrip()
-        indent = line[: len(line) - len(stripped)]
-        first = stripped.split(" ")[0]
-        if first.endswith(":") and len(first) > 1 and not stripped.endswith(":"):
-            lines.append(f"{indent}{key}.{stripped}")
-        else:
-            lines.append(f"{key}: {stripped}" if not indent else line)
-    return "\n".join(lines)
-
-
-def instantiate_group(cfg: DictConfig, key: str) -> dict[str, Any]:
-    """Instantiate every entry of a group of named objects (callbacks, loggers); ``None`` entries are skipped."""
-    group = OmegaConf.select(cfg, key) or {}
-    return {name: instantiate_node(cfg, f"{key}.{name}") for name, node in group.items() if node is not None}
-
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
     """Train the configured model; returns the WSC summary (``{}`` without a WSC callback), its path and the last
@@ -85,10 +40,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     resume or with ``overwrite=true``, never inside ``data.root``).
     """
     check_launch(cfg)
-    try:
-        claim_run_directory(cfg, cfg.paths.output_dir)
-    except RunDirectoryError as err:
-        raise ConfigError(str(err)) from err
+    claim_run_directory(cfg, cfg.paths.output_dir)  # a RunDirectoryError is a ConfigError
     try:
         return _train_in_claimed_directory(cfg, extra_callbacks)
     finally:
@@ -98,10 +50,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
 def _train_in_claimed_directory(cfg: DictConfig, extra_callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(cfg, "data")
-    try:
-        datamodule.setup("fit")  # bin edges and class names come from the training split
-    except ValueError as err:  # e.g. a continuous column that cannot be binned on the training split
-        raise ConfigError(prefix_keys(str(err), "data")) from err
+    prepare_and_set_up(datamodule)
     model = instantiate_node(
         cfg,
         "model",
@@ -116,14 +65,12 @@ def _train_in_claimed_directory(cfg: DictConfig, extra_callbacks: Sequence[L.Cal
                 callback.check_module(model)
                 if callback.dirpath:
                     callback.check_output_paths(callback.dirpath)
-            except ValueError as err:
-                raise ConfigError(f"callbacks.{name}.{err}") from err
+            except ConfigError as err:
+                raise err.under(f"callbacks.{name}") from err
     loggers = list(instantiate_group(cfg, "logger").values())
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    try:  # read here, in the process that starts the ranks: the user's OMP_NUM_THREADS, not Lightning's
-        threads = TorchThreads(cfg.get("torch_threads"), launcher=HydraConfig.get().launcher if multirun else None)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    # read here, in the process that starts the ranks: the user's OMP_NUM_THREADS, not Lightning's
+    threads = TorchThreads(cfg.get("torch_threads"), launcher=HydraConfig.get().launcher if multirun else None)
     trainer = instantiate_node(cfg, "trainer", callbacks=[threads, SetAsideSupersededRows(), *callbacks.values(), *extra_callbacks],
                                logger=loggers or False)
     threads.apply(trainer)  # logged here, where Hydra writes the run's log, also when ddp_spawn trains in children
@@ -149,6 +96,21 @@ def _train_in_claimed_directory(cfg: DictConfig, extra_callbacks: Sequence[L.Cal
     else:
         return {}
     return {"summary": summary, "summary_path": summary_path, "metrics": _last_metrics(trainer)}
+
+
+def prepare_and_set_up(datamodule: L.LightningDataModule) -> None:
+    """Check the data (``prepare_data``, in the run's first process; Lightning's own call inside ``fit`` covers the
+    first process of every other node) and build the training split (``setup``: bin edges and class names come
+    from it) before the model exists, so bad data fails in seconds, before the first training step. Problems come
+    back keyed from ``data``."""
+    try:
+        if launcher_rank() == 0:
+            datamodule.prepare_data()
+        datamodule.setup("fit")
+    except ConfigError as err:
+        raise err.under("data") from err
+    except ValueError as err:  # a problem our validators did not anticipate: still keyed to the data node
+        raise ConfigError.at("data", str(err)) from err
 
 
 def outside_launch_size() -> int:
@@ -191,15 +153,15 @@ def check_launch(cfg: DictConfig) -> None:
     several = devices not in (1, "1", [0]) or OmegaConf.select(cfg, "trainer.num_nodes", default=1) != 1
     if (hydra_cfg.mode == RunMode.MULTIRUN and strategy.startswith("ddp") and "spawn" not in strategy and several
             and outside_ranks == 1):
-        raise ConfigError(
-            f"trainer.strategy: {strategy!r} re-launches the command line for every extra process, which in a "
+        raise ConfigError.at(
+            "trainer.strategy", f"{strategy!r} re-launches the command line for every extra process, which in a "
             "multirun (-m) would start the sweep again in each. Use trainer=ddp_spawn for local sweeps, or "
             "hydra/launcher=slurm to let SLURM start the processes."
         )
     run_dir_given = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
     if hydra_cfg.mode == RunMode.RUN and outside_ranks > 1 and not run_dir_given:
-        raise ConfigError(
-            f"hydra.run.dir: this is one of {outside_ranks} processes of one run (torchrun or srun); give every "
+        raise ConfigError.at(
+            "hydra.run.dir", f"this is one of {outside_ranks} processes of one run (torchrun or srun); give every "
             "process the same hydra.run.dir=<dir> on the command line, or each may write to its own timestamped "
             "directory."
         )
@@ -221,25 +183,6 @@ def format_report(result: dict[str, Any]) -> str:
         f"primary '{primary}': val AUROC {metrics.get(f'val/{primary}/auroc', float('nan')):.3f}, "
         f"balanced accuracy {metrics.get(f'val/{primary}/balanced_accuracy', float('nan')):.3f}",
     ])
-
-
-def report_or_exit(action: Callable[[], str | None]) -> None:
-    """Print what ``action`` returns (nothing for ``None``); a ``ConfigError`` is printed to stderr and exits with
-    status 2."""
-    try:
-        text = action()
-    except ConfigError as err:
-        print(f"Configuration error:\n{err}", file=sys.stderr)
-        sys.exit(2)
-    if text is not None:
-        print(text)
-
-
-def launch(hydra_main: Callable[[], None]) -> None:
-    """Run a Hydra entry point without third-party noise."""
-    # Lightning 2.6's own use of a torch API deprecated in torch 2.14; nothing a user can act on
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    hydra_main()
 
 
 def train_and_report(cfg: DictConfig) -> str | None:

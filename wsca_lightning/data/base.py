@@ -11,16 +11,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from wsca_lightning.data.options import switch_problems
+from wsca_lightning.plain import is_int
+from wsca_lightning.problems import Problem
 from wsca_lightning.tasks import TaskSpec, spec_differences
 
 __all__ = [
     "DeviceResidentDataset",
     "GeneratedImageDataset",
     "TaskDataModule",
-    "integer_problems",
     "keep_batch",
     "labelled_item",
     "on_device_problems",
+    "split_problems",
 ]
 
 
@@ -29,10 +32,19 @@ def labelled_item(image: Tensor, targets: Mapping[str, Tensor], ids: Sequence[An
     return {"image": image, "targets": {name: value[i] for name, value in targets.items()}, "id": ids[i], "index": i}
 
 
-def integer_problems(limits: Sequence[tuple[str, Any, int]]) -> list[str]:
-    """``"<key>: must be an integer >= <minimum>, got ..."`` for each ``(key, value, minimum)`` that fails."""
-    return [f"{key}: must be an integer >= {minimum}, got {value!r}" for key, value, minimum in limits
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum]
+def split_problems(split: Any, splits: Sequence[str], n: Any, seed: Any, rows: Sequence[int] | None) -> list[Problem]:
+    """Problems of a generated split's ``split`` name, ``seed`` and chosen pool ``rows`` (of ``n``)."""
+    problems = []
+    if split not in splits:
+        problems.append(Problem("split", f"must be one of {', '.join(splits)}, got {split!r}"))
+    if not is_int(seed) or seed < 0:
+        problems.append(Problem("seed", f"must be a non-negative integer, got {seed!r}"))
+    if rows is not None and is_int(n):
+        rows = [int(r) for r in rows]
+        if not rows or sorted(set(rows)) != rows or rows[0] < 0 or rows[-1] >= n:
+            problems.append(Problem("rows", f"must be a non-empty increasing list of distinct rows in [0, {n}), got "
+                                            f"{len(rows)} rows"))
+    return problems
 
 
 class GeneratedImageDataset(Dataset):
@@ -72,13 +84,13 @@ class GeneratedImageDataset(Dataset):
         return labelled_item(self.input(i), self._targets, self.ids, i)
 
 
-def on_device_problems(on_device: Any, num_workers: Any) -> list[str]:
+def on_device_problems(on_device: Any, num_workers: Any) -> list[Problem]:
     """Problems of the ``on_device`` option (:class:`DeviceResidentDataset`): a bool, and no loader workers."""
     if not isinstance(on_device, bool):
-        return [f"on_device: must be true or false, got {on_device!r}"]
+        return switch_problems([("on_device", on_device)])
     if on_device and num_workers != 0:
-        return [f"on_device: batches are cut on the device by the training process; set num_workers: 0 (got "
-                f"{num_workers!r})"]
+        return [Problem("on_device", "batches are cut on the device by the training process; set num_workers: 0 "
+                                     f"(got {num_workers!r})")]
     return []
 
 

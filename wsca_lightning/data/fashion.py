@@ -60,25 +60,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsca_lightning.data.base import GeneratedImageDataset, TaskDataModule, integer_problems
-from wsca_lightning.data.datamodule import pool_labels, split_labels, subset_rows, validate_task_config
-from wsca_lightning.data.splits import check_subset_config
-from wsca_lightning.data.synthetic import (
-    BMI_MEAN_STD,
-    BMI_RANGE,
-    PIXEL_SPACING_RANGE,
+from wsca_lightning.data.base import GeneratedImageDataset, split_problems
+from wsca_lightning.data.generated import GeneratedDataModule
+from wsca_lightning.data.scanner import (
     TISSUE_ECHO_RANGE,
     acquire,
     background_echo,
-    check_synthetic_options,
     hospital_names,
     pixel_grid,
     render_chunk_size,
+    sample_acquisition,
     scanner_names,
-    split_generator,
+    scanner_option_problems,
 )
+from wsca_lightning.data.synthetic import check_synthetic_options, split_generator
 from wsca_lightning.data.transforms import normalize_image
 from wsca_lightning.plain import is_int, to_plain
+from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.tasks import HeadConfig
 
 __all__ = [
     "DEFAULT_CLASSES",
@@ -219,11 +218,11 @@ def fashion_folder(root: str) -> str | None:
     return None
 
 
-def check_fashion_root(root: object) -> list[str]:
-    """Problems with ``root`` (``"root: ..."`` lines): not a string, or no layout of :data:`FASHION_LAYOUTS` holds
+def check_fashion_root(root: object) -> list[Problem]:
+    """Problems with ``root`` (keyed ``root``): not a string, or no layout of :data:`FASHION_LAYOUTS` holds
     all four files; the line names every folder looked in and what it lacks, so a wrong root is found at once."""
     if not isinstance(root, str) or not root:
-        return [f"root: must be the folder holding the Fashion-MNIST IDX files, got {root!r}"]
+        return [Problem("root", f"must be the folder holding the Fashion-MNIST IDX files, got {root!r}")]
     if fashion_folder(root) is not None:
         return []
     looked = []
@@ -232,8 +231,8 @@ def check_fashion_root(root: object) -> list[str]:
         state = ("no such folder" if not os.path.isdir(folder)
                  else "lacks " + ", ".join(f"{name}[.gz]" for name in _missing(folder)))
         looked.append(f"{folder} ({layout}): {state}")
-    return [f"root: {root} holds no complete set of the four Fashion-MNIST IDX files; looked in "
-            + "; ".join(looked) + f"; {_INSTALL_HINT}"]
+    return [Problem("root", f"{root} holds no complete set of the four Fashion-MNIST IDX files; looked in "
+                            + "; ".join(looked) + f"; {_INSTALL_HINT}")]
 
 
 def _split_file(root: str, split: str, kind: int) -> str:
@@ -242,7 +241,7 @@ def _split_file(root: str, split: str, kind: int) -> str:
     folder = fashion_folder(root)
     path = None if folder is None else _find(folder, FASHION_FILES[split][kind])
     if path is None:
-        raise ValueError(check_fashion_root(root)[0])
+        raise ConfigError(check_fashion_root(root))
     return path
 
 
@@ -270,17 +269,17 @@ def _read_images(root: str, split: str, num_labels: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _class_problems(classes: object) -> list[str]:
+def _class_problems(classes: object) -> list[Problem]:
     if (not isinstance(classes, Sequence) or isinstance(classes, str) or len(classes) < 2
             or not all(isinstance(c, str) for c in classes)):
-        return [f"classes: must be a list of at least 2 Fashion-MNIST class names, got {classes!r}; valid: "
-                f"{', '.join(FASHION_CLASSES)}"]
+        return [Problem("classes", f"must be a list of at least 2 Fashion-MNIST class names, got {classes!r}; "
+                                   f"valid: {', '.join(FASHION_CLASSES)}")]
     errors = []
     unknown = [c for c in classes if c not in FASHION_CLASSES]
     if unknown:
-        errors.append(f"classes: unknown class name(s) {unknown}; valid: {', '.join(FASHION_CLASSES)}")
+        errors.append(Problem("classes", f"unknown class name(s) {unknown}; valid: {', '.join(FASHION_CLASSES)}"))
     if len(set(classes)) != len(classes):
-        errors.append(f"classes: names must be distinct, got {list(classes)}")
+        errors.append(Problem("classes", f"names must be distinct, got {list(classes)}"))
     return errors
 
 
@@ -293,21 +292,17 @@ def check_fashion_options(
     num_scanners: object = 3,
     num_hospitals: object = 4,
     normalization: object = "sononet",
-) -> list[str]:
-    """Problems with the generation options, one ``"<key>: <message>"`` line each (empty when all are valid)."""
+) -> list[Problem]:
+    """Problems with the generation options (empty when all are valid)."""
     errors = _class_problems(classes)
     errors += check_synthetic_options(image_size=image_size, shortcut_strength=shortcut_strength,
                                       num_scanners=num_scanners, num_hospitals=num_hospitals,
                                       normalization=normalization)
     if not is_int(in_channels) or in_channels != 1:
-        errors.append(f"in_channels: the Fashion-MNIST data has 1 channel (no segmentation maps), got "
-                      f"{in_channels!r}; use a 1-channel model (model=sononet16, sononet32, sononet64, resnet18 ...)")
+        errors.append(Problem("in_channels", f"the Fashion-MNIST data has 1 channel (no segmentation maps), got "
+                                             f"{in_channels!r}; use a 1-channel model (model=sononet16, sononet32, "
+                                             "sononet64, resnet18 ...)"))
     return errors
-
-
-def _raise_if(errors: list[str]) -> None:
-    if errors:
-        raise ValueError("\n".join(errors))
 
 
 def fashion_column_classes(column: str, classes: Sequence[str], num_scanners: int, num_hospitals: int) -> list[str]:
@@ -341,35 +336,22 @@ def sample_fashion_metadata(
     ``scanner``, ``hospital`` (int64), ``pixel_spacing`` and ``bmi`` (float64). Draw order (fixed, independent of the
     option values): shuffle, shortcut coin, uniform scanner, hospital, spacing, bmi.
     """
-    _raise_if(_class_problems(classes) + check_synthetic_options(
+    raise_if(_class_problems(classes) + check_synthetic_options(
         shortcut_strength=shortcut_strength, num_scanners=num_scanners, num_hospitals=num_hospitals))
     wanted = torch.tensor([FASHION_CLASSES.index(c) for c in classes], dtype=torch.int64)
     candidates = torch.nonzero(torch.isin(labels, wanted)).flatten()
     if not is_int(n) or not 1 <= n <= len(candidates):
         key = "num_train" if split == "train" else "num_val"
-        raise ValueError(f"{key}: must be an integer in [1, {len(candidates)}] (the {split} split holds "
-                         f"{len(candidates)} images of the {len(classes)} classes), got {n!r}")
-    dev, f64 = generator.device, torch.float64
+        raise ConfigError.at(key, f"must be an integer in [1, {len(candidates)}] (the {split} split holds "
+                                  f"{len(candidates)} images of the {len(classes)} classes), got {n!r}")
+    dev = generator.device
     source = candidates[torch.randperm(len(candidates), generator=generator, device=dev)[:n].cpu()]
     code_of = torch.full((10,), -1, dtype=torch.int64)
     code_of[wanted] = torch.arange(len(classes))
     garment = code_of[labels[source]].to(dev)
-
-    def rand(*shape: int) -> Tensor:
-        return torch.rand(*shape, generator=generator, device=dev, dtype=f64)
-
-    # Shortcut: P(preferred | class) = s + (1 - s) / S exactly, as in the synthetic data.
-    take_preferred = rand(n) < float(shortcut_strength)
-    uniform_scanner = torch.randint(0, num_scanners, (n,), generator=generator, device=dev)
-    scanner = torch.where(take_preferred, garment % num_scanners, uniform_scanner)
-    hospital = torch.randint(0, num_hospitals, (n,), generator=generator, device=dev)
-    sp_lo, sp_hi = PIXEL_SPACING_RANGE
-    spacing = sp_lo + rand(n) * (sp_hi - sp_lo)
-    bmi = (BMI_MEAN_STD[0] + BMI_MEAN_STD[1] * torch.randn(n, generator=generator, device=dev, dtype=f64)).clamp(
-        *BMI_RANGE
-    )
-    return {"source_index": source.to(dev), "garment": garment, "scanner": scanner, "hospital": hospital,
-            "pixel_spacing": spacing, "bmi": bmi}
+    return {"source_index": source.to(dev), "garment": garment,
+            **sample_acquisition(garment, shortcut_strength=shortcut_strength, num_scanners=num_scanners,
+                                 num_hospitals=num_hospitals, generator=generator)}
 
 
 def render_garments(
@@ -388,7 +370,7 @@ def render_garments(
     Draws, in this order, the pose jitter (n, 3), the speckle field and the background texture from ``generator``;
     returns (n, 1, H, W) float32 in [0, 1] on the generator's device (see the module docstring).
     """
-    _raise_if(check_synthetic_options(image_size=image_size, num_scanners=num_scanners, num_hospitals=num_hospitals))
+    raise_if(scanner_option_problems(image_size=image_size, num_scanners=num_scanners, num_hospitals=num_hospitals))
     h, w = int(image_size[0]), int(image_size[1])
     dev, f32 = generator.device, torch.float32
     n = garments.shape[0]
@@ -460,17 +442,9 @@ class FashionUltrasoundDataset(GeneratedImageDataset):
         errors = check_fashion_options(classes=classes, image_size=image_size, in_channels=in_channels,
                                        shortcut_strength=shortcut_strength, num_scanners=num_scanners,
                                        num_hospitals=num_hospitals, normalization=normalization)
-        if split not in FASHION_SPLITS:
-            errors.append(f"split: must be one of {', '.join(FASHION_SPLITS)}, got {split!r}")
-        if not is_int(seed) or seed < 0:
-            errors.append(f"seed: must be a non-negative integer, got {seed!r}")
-        if rows is not None and is_int(n):
-            rows = [int(r) for r in rows]
-            if not rows or sorted(set(rows)) != rows or rows[0] < 0 or rows[-1] >= n:
-                errors.append(f"rows: must be a non-empty increasing list of distinct rows in [0, {n}), got "
-                              f"{len(rows)} rows")
+        errors += split_problems(split, FASHION_SPLITS, n, seed, rows)
         errors += check_fashion_root(root)
-        _raise_if(errors)
+        raise_if(errors)
 
         self.split = split
         self.classes = list(classes)
@@ -486,7 +460,7 @@ class FashionUltrasoundDataset(GeneratedImageDataset):
         meta = sample_fashion_metadata(labels, self.classes, n, shortcut_strength=self.shortcut_strength,
                                        num_scanners=num_scanners, num_hospitals=num_hospitals, generator=generator,
                                        split=split)
-        self.rows: list[int] = list(range(n)) if rows is None else list(rows)
+        self.rows: list[int] = list(range(n)) if rows is None else [int(r) for r in rows]
         if rows is not None:
             index = torch.tensor(self.rows, dtype=torch.int64)
             meta = {k: v[index] for k, v in meta.items()}
@@ -521,7 +495,7 @@ class FashionUltrasoundDataset(GeneratedImageDataset):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class FashionUltrasoundDataModule(TaskDataModule):
+class FashionUltrasoundDataModule(GeneratedDataModule):
     """Train/val splits of Fashion-MNIST rendered through the simulated scanners, with a primary ``garment`` head
     and metadata heads (the synthetic datamodule's head schema, over :data:`FASHION_COLUMNS`).
 
@@ -541,9 +515,16 @@ class FashionUltrasoundDataModule(TaskDataModule):
             edges are fitted on the whole pool.
         batch_size, num_workers: DataLoader options.
 
-    Everything is validated in ``__init__`` (which reads only the two small label files) and reported at once in
-    one ``ValueError``.
+    The configuration is validated in ``__init__`` (the root's files only looked for) and reported at once; the two
+    small label files are read in :meth:`prepare_data` / :meth:`setup`, which check the split sizes before anything
+    is rendered.
     """
+
+    COLUMNS = FASHION_COLUMNS
+    DEFAULT_TARGET = DEFAULT_TARGET
+    DEFAULT_METADATA = DEFAULT_METADATA
+    TITLE = "invalid fashion_mnist data config"
+
 
     def __init__(
         self,
@@ -564,125 +545,82 @@ class FashionUltrasoundDataModule(TaskDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         image_size = to_plain(image_size, "image_size")
-        if isinstance(image_size, list):
-            image_size = tuple(image_size)
         classes = to_plain(classes, "classes")
-        if isinstance(classes, list):
-            classes = tuple(classes)
         options: dict[str, Any] = {
             "classes": classes,
-            "image_size": image_size,
+            "image_size": tuple(image_size) if isinstance(image_size, list) else image_size,
             "in_channels": in_channels,
             "shortcut_strength": shortcut_strength,
             "num_scanners": num_scanners,
             "num_hospitals": num_hospitals,
             "normalization": normalization,
         }
-        errors = check_fashion_options(**options)
-        errors += integer_problems((("num_train", num_train, 1), ("num_val", num_val, 1), ("batch_size", batch_size, 1),
-                                    ("num_workers", num_workers, 0), ("seed", seed, 0)))
-        class_counts: dict[str, int | None] = {
-            "garment": len(classes) if not any(e.startswith("classes:") for e in errors) else None,
-            "scanner": num_scanners if not any(e.startswith("num_scanners:") for e in errors) else None,
-            "hospital": num_hospitals if not any(e.startswith("num_hospitals:") for e in errors) else None,
-        }
-        task_errors, target_head, heads = validate_task_config(
-            target, metadata, class_counts, columns=FASHION_COLUMNS, default_target=DEFAULT_TARGET,
-            default_metadata=DEFAULT_METADATA)
-        errors += task_errors
-        if target_head is not None and target_head["column"] != "garment":
-            errors.append(f"target.column: the primary task of the Fashion-MNIST data is 'garment', got "
-                          f"{target_head['column']!r} (scanner, hospital, ... are metadata heads)")
-        subset = None if subset is None else to_plain(subset, "subset")
-        subset_errors, subset_config = check_subset_config(subset, list(heads), seed if is_int(seed) else 0)
-        errors += subset_errors
-        root_errors = check_fashion_root(root)
-        errors += root_errors
-        self._labels: dict[str, Tensor] = {}
-        if not root_errors and not any(e.startswith("classes:") for e in errors):
-            # the label files are small: read them now to check the split sizes before anything is rendered
-            wanted = torch.tensor([FASHION_CLASSES.index(c) for c in classes])
-            for split, key, n in (("train", "num_train", num_train), ("val", "num_val", num_val)):
-                try:
-                    self._labels[split] = _read_labels(root, split)
-                except ValueError as err:
-                    errors.append(f"root: {err}")
-                    continue
-                available = int(torch.isin(self._labels[split], wanted).sum())
-                if is_int(n) and n > available:
-                    errors.append(f"{key}: the {split} split ({FASHION_FILES[split][1]}) holds {available} images "
-                                  f"of the {len(classes)} classes, got {n}")
-        if errors:
-            raise ValueError(
-                "invalid fashion_mnist data config (" + f"{len(errors)} problem{'s' * (len(errors) > 1)}):\n  "
-                + "\n  ".join(errors)
-            )
-        assert target_head is not None
-
         self.root = root
+        super().__init__(options, num_train=num_train, num_val=num_val, target=target, metadata=metadata,
+                         subset=subset, batch_size=batch_size, num_workers=num_workers, seed=seed,
+                         leading_hparams={"root": root})
         self.classes: list[str] = list(classes)
-        self.num_train = num_train
-        self.num_val = num_val
-        self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
-        self.dataset_options: dict[str, Any] = {**options, "classes": self.classes, "image_size": self.image_size}
-        self.target: dict[str, Any] = target_head
-        self.metadata: dict[str, dict[str, Any]] = heads
-        self.subset: dict[str, Any] = subset_config
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        # Plain Python only: checkpoints load with weights_only=True.
-        self.save_hyperparameters(
-            to_plain(
-                {
-                    "root": root,
-                    "num_train": num_train,
-                    "num_val": num_val,
-                    **self.dataset_options,
-                    "target": target_head,
-                    "metadata": heads,
-                    "subset": subset_config,
-                    "batch_size": batch_size,
-                    "num_workers": num_workers,
-                    "seed": seed,
-                },
-                "hparams",
-            )
-        )
-        self.input_shape: tuple[int, int, int] = (1, *self.image_size)
-        self.primary_task: str = target_head["name"]
+        self.dataset_options["classes"] = self.classes
+        #: the label files of both splits, read once by prepare_data or setup
+        self._labels: dict[str, Tensor] = {}
 
-    def _heads(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(self.primary_task, self.target), *self.metadata.items()]
+    def _option_problems(self, options: Mapping[str, Any]) -> list[Problem]:
+        return check_fashion_options(**options)
+
+    def _class_counts(self, options: Mapping[str, Any], invalid: set[str]) -> dict[str, int | None]:
+        return {
+            "garment": None if "classes" in invalid else len(options["classes"]),
+            "scanner": None if "num_scanners" in invalid else options["num_scanners"],
+            "hospital": None if "num_hospitals" in invalid else options["num_hospitals"],
+        }
+
+    def _target_problems(self, target: HeadConfig) -> list[Problem]:
+        if target.column == "garment":
+            return []
+        return [Problem("target.column", f"the primary task of the Fashion-MNIST data is 'garment', got "
+                                         f"{target.column!r} (scanner, hospital, ... are metadata heads)")]
+
+    def _source_problems(self, options: Mapping[str, Any]) -> list[Problem]:
+        return check_fashion_root(self.root)
 
     def _classes(self, column: str) -> list[str]:
         return fashion_column_classes(column, self.classes, self.dataset_options["num_scanners"],
                                       self.dataset_options["num_hospitals"])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return  # idempotent: render once per process
-        opts = self.dataset_options
-        pool = sample_fashion_metadata(
-            self._labels["train"], self.classes, self.num_train, shortcut_strength=opts["shortcut_strength"],
-            num_scanners=opts["num_scanners"], num_hospitals=opts["num_hospitals"],
-            generator=split_generator(self.seed, "train"), split="train")
-        specs, pool_targets = pool_labels(self._heads(), pool, self._classes, self.primary_task)
-        rows = subset_rows(self.subset, specs, pool_targets)
-        val_pool = sample_fashion_metadata(  # validation is never associated
-            self._labels["val"], self.classes, self.num_val, shortcut_strength=0.0,
-            num_scanners=opts["num_scanners"], num_hospitals=opts["num_hospitals"],
-            generator=split_generator(self.seed, "val"), split="val")
-        val_targets = split_labels(self._heads(), specs, val_pool)
-        val_rows = subset_rows(self.subset, specs, val_targets, part="val")
-        common = {**opts, "root": self.root, "seed": self.seed}
-        train = FashionUltrasoundDataset("train", self.num_train, **common, rows=rows, labels=self._labels["train"])
-        val = FashionUltrasoundDataset("val", self.num_val, **common, rows=val_rows, labels=self._labels["val"])
-        for dataset, targets in ((train, pool_targets), (val, val_targets)):
-            index = torch.tensor(dataset.rows, dtype=torch.int64)
-            dataset.set_targets({name: value[index] for name, value in targets.items()})
+    def prepare_data(self) -> None:
+        """Read the label files and check that each split holds enough images of the classes."""
+        self._split_labels()
 
-        self.train_dataset, self.val_dataset = train, val
-        self._set_task_specs(specs)
+    def _split_labels(self) -> dict[str, Tensor]:
+        """Both splits' labels (small files; read once), or a ConfigError naming the split that is too small."""
+        if self._labels:
+            return self._labels
+        problems: list[Problem] = []
+        labels: dict[str, Tensor] = {}
+        wanted = torch.tensor([FASHION_CLASSES.index(c) for c in self.classes])
+        for split, key, n in (("train", "num_train", self.num_train), ("val", "num_val", self.num_val)):
+            try:
+                labels[split] = _read_labels(self.root, split)
+            except ValueError as err:
+                problems.append(Problem("root", str(err)))
+                continue
+            available = int(torch.isin(labels[split], wanted).sum())
+            if n > available:
+                problems.append(Problem(key, f"the {split} split ({FASHION_FILES[split][1]}) holds {available} "
+                                             f"images of the {len(self.classes)} classes, got {n}"))
+        raise_if(problems, self.TITLE)
+        self._labels = labels
+        return labels
+
+    def _sample_pool(self, split: str, n: int) -> dict[str, Tensor]:
+        opts = self.dataset_options
+        return sample_fashion_metadata(
+            self._split_labels()[split], self.classes, n,
+            shortcut_strength=opts["shortcut_strength"] if split == "train" else 0.0,
+            num_scanners=opts["num_scanners"], num_hospitals=opts["num_hospitals"],
+            generator=split_generator(self.seed, split), split=split)
+
+    def _dataset(self, split: str, n: int, rows: list[int] | None) -> FashionUltrasoundDataset:
+        return FashionUltrasoundDataset(split, n, **self.dataset_options, root=self.root, seed=self.seed, rows=rows,
+                                        labels=self._split_labels()[split])

@@ -32,13 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from wsca_lightning.data.splits import SPLIT_NAMES, groups_in_several_parts, split_name
-from wsca_lightning.plain import is_int
-from wsca_lightning.tasks import TASK_KINDS, TaskSpec
-from wsca_lightning.wsc.binning import BINNING_METHODS, IGNORE_INDEX, bin_names, digitize, fit_bin_edges
+from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.tasks import HeadConfig, TaskSpec, is_task_name
+from wsca_lightning.wsc.binning import IGNORE_INDEX, bin_names, digitize, fit_bin_edges
 
 __all__ = [
     "DELIMITERS",
-    "ColumnSpec",
     "ManifestError",
     "ManifestTable",
     "add_dicom_columns",
@@ -60,111 +59,15 @@ __all__ = [
 
 #: Delimiters recognised when none is given (comma: CSV, semicolon: European Excel, tab: TSV).
 DELIMITERS: tuple[str, ...] = (",", ";", "\t")
-#: The split names a split column may hold (case-insensitive, after ``split_values`` mapping).
-DEFAULT_BINS = 4
-_SPEC_FIELDS: tuple[str, ...] = ("column", "type", "bins", "binning", "classes")
 _SHOWN = 5  # line numbers / values shown per problem before "and N more"
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be read at all; :attr:`problems` holds one line per problem (also the message)."""
+class ManifestError(ConfigError):
+    """A manifest (or metadata table) that cannot be used; each problem is keyed by the config key to fix, or
+    keyless when it is about the file's content (its message then names the file, lines and column)."""
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
-
-
-# --------------------------------------------------------------------------------------------------- column specs
-
-
-def _spec_problems(key: str, column: Any, kind: Any, bins: Any, binning: Any, classes: Any,
-                   binning_given: bool) -> list[str]:
-    problems: list[str] = []
-    if not isinstance(column, str) or not column:
-        problems.append(f"{key}.column: must be a non-empty column name, got {column!r}")
-    if kind not in TASK_KINDS:
-        problems.append(f"{key}.type: must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
-        return problems
-    if kind == "continuous":
-        if bins is not None and (not is_int(bins) or bins < 2):
-            problems.append(f"{key}.bins: continuous heads need bins >= 2, got {bins!r}")
-        if binning not in BINNING_METHODS:
-            problems.append(f"{key}.binning: must be one of {', '.join(BINNING_METHODS)}, got {binning!r}")
-        if classes is not None:
-            problems.append(f"{key}.classes: a continuous head gets its classes from its bins; remove 'classes'")
-        return problems
-    if bins is not None:
-        problems.append(f"{key}.bins: only continuous heads are binned; remove it from this {kind} head")
-    if binning_given:
-        problems.append(f"{key}.binning: only continuous heads are binned; remove it from this {kind} head")
-    if classes is not None:
-        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-            problems.append(f"{key}.classes: must be a list of class values, got {classes!r}")
-        else:
-            bad = [c for c in classes if not (isinstance(c, str) or is_int(c))]
-            names = [str(c).strip() for c in classes]
-            if bad:
-                problems.append(f"{key}.classes: class values must be strings or integers, got {bad!r}")
-            elif any(not n for n in names):
-                problems.append(f"{key}.classes: class values must be non-empty")
-            elif len(set(names)) != len(names):
-                problems.append(f"{key}.classes: repeated class values in {names}")
-            elif kind == "binary" and len(names) != 2:
-                problems.append(f"{key}.classes: a binary head needs exactly 2 classes, got {names}")
-            elif len(names) < 2:
-                problems.append(f"{key}.classes: a head needs at least 2 classes, got {names}")
-    return problems
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """One head read from one column, e.g. ``{column: px_spacing, type: continuous, bins: 6, binning: equal_width}``.
-
-    ``classes`` (binary/categorical only) keeps only these values, in this order, which also fixes the label order
-    so that a model's heads mean the same thing on every dataset. Other values are an error for the target and
-    missing (-1) for metadata. Continuous heads get ``bins`` (default 4) bins fitted with ``binning``.
-    """
-
-    column: str
-    type: str = "categorical"
-    bins: int | None = None
-    binning: str = "equal_width"
-    classes: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        problems = _spec_problems(self.column if isinstance(self.column, str) else "column", self.column, self.type,
-                                  self.bins, self.binning, self.classes, self.binning != "equal_width")
-        if problems:
-            raise ValueError("\n".join(problems))
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(str(c).strip() for c in self.classes))
-
-    @property
-    def num_bins(self) -> int:
-        """Bins of a continuous head (``bins`` or the default 4)."""
-        return DEFAULT_BINS if self.bins is None else int(self.bins)
-
-    @classmethod
-    def from_mapping(cls, key: str, value: Any) -> "ColumnSpec":
-        """Build from a config mapping; raises ``ValueError`` with one ``"<key>.<field>: ..."`` line per problem
-        (unknown fields and bad values all at once, so a config is fixed in one go)."""
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{key}: must be a mapping with keys {', '.join(_SPEC_FIELDS)}, got {value!r}")
-        problems = [f"{key}.{field}: unknown field; valid fields: {', '.join(_SPEC_FIELDS)}"
-                    for field in value if field not in _SPEC_FIELDS]
-        if "column" not in value:
-            problems.append(f"{key}: a head needs a 'column'")
-        kind = value.get("type", "categorical")
-        binning_given = value.get("binning") is not None
-        binning = value.get("binning") or "equal_width"
-        classes = value.get("classes")
-        problems += [p for p in _spec_problems(key, value.get("column"), kind, value.get("bins"), binning,
-                                               classes, binning_given)
-                     if "column" in value or not p.startswith(f"{key}.column:")]
-        if problems:
-            raise ValueError("\n".join(problems))
-        return cls(column=value["column"], type=kind, bins=value.get("bins"), binning=binning,
-                   classes=None if classes is None else tuple(str(c).strip() for c in classes))
+    def __init__(self, problems: Sequence[str | Problem]) -> None:
+        super().__init__([p if isinstance(p, Problem) else Problem("", p) for p in problems])
 
 
 # --------------------------------------------------------------------------------------------------------- reading
@@ -210,7 +113,12 @@ def _values(values: Sequence[str]) -> str:
 
 def problem_line(file: str, what: str, todo: str, lines: Sequence[int] = (), column: str | None = None) -> str:
     """One problem line: ``<file>: <what> (lines ...) [column 'x']: <what to do>``."""
-    text = f"{file}: {what}"
+    return f"{file}: {_detail(what, todo, lines, column)}"
+
+
+def _detail(what: str, todo: str, lines: Sequence[int] = (), column: str | None = None) -> str:
+    """:func:`problem_line` without the file."""
+    text = what
     if lines:
         text += f" ({_lines(lines)})"
     if column is not None:
@@ -425,16 +333,19 @@ def validate_manifest(
     root: str | os.PathLike,
     image_column: str = "image",
     image_pattern: str = "{}",
-    target: ColumnSpec,
-    metadata: Mapping[str, ColumnSpec],
+    target: HeadConfig,
+    metadata: Mapping[str, HeadConfig],
     group_column: str | None = None,
     split_column: str | None = None,
     split_values: Mapping[str, str] | None = None,
     check_images: bool = True,
-) -> list[str]:
-    """Every problem of ``table`` for this head config, one line each (empty list: the manifest is usable).
+    degenerate: dict[str, str] | None = None,
+) -> list[Problem]:
+    """Every problem of ``table`` for this head config (empty list: the manifest is usable).
 
-    Each line reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
+    Problems about the file's content are keyless; problems a config key fixes carry it (``image_column``,
+    ``target.column``, ``split_values``, ...). With a ``degenerate`` dict, a metadata head whose column is empty,
+    constant or a single class is recorded there (head name -> why) instead of reported. Each content message reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
     ``root``, exist, are not repeated and (``check_images``, each file read once: :func:`check_image`) decode,
     hold one frame and do not repeat another row's bytes across groups (:func:`_content_copies_problem`); target cells are
@@ -444,24 +355,28 @@ def validate_manifest(
     group spans two splits. Only reads files.
     """
     file = table.path
-    problems: list[str] = []
+    problems: list[Problem] = []
     lines = table.line_numbers
+
+    def found(text: str) -> None:
+        problems.append(Problem("", text))
 
     # --- config-level problems
     if "{}" not in image_pattern:
-        problems.append(f"{file}: image_pattern {image_pattern!r} must contain '{{}}' where the cell value goes")
+        found(f"{file}: image_pattern {image_pattern!r} must contain '{{}}' where the cell value goes")
     if target.type not in ("binary", "categorical"):
-        problems.append("target: type must be binary or categorical (a continuous target would have to be binned; "
-                        f"column {target.column!r} is declared {target.type})")
+        problems.append(Problem("target", "type must be binary or categorical (a continuous target would have to be "
+                                          f"binned; column {target.column!r} is declared {target.type})"))
     bad_splits = {k: v for k, v in (split_values or {}).items() if str(v).strip().lower() not in SPLIT_NAMES}
     if bad_splits:
-        problems.append(f"split_values: values must be one of {', '.join(SPLIT_NAMES)}, got {bad_splits!r}")
+        problems.append(Problem("split_values", f"values must be one of {', '.join(SPLIT_NAMES)}, got {bad_splits!r}"))
     for name, spec in metadata.items():
-        if not isinstance(name, str) or not name or "/" in name or "." in name:
-            problems.append(f"metadata.{name}: head name {name!r} must be a non-empty string without '/' or '.'")
+        if not is_task_name(name):
+            problems.append(Problem(f"metadata.{name}", f"head name {name!r} must be a non-empty string without '/' "
+                                                        "or '.'"))
         if spec.column == target.column:
-            problems.append(f"metadata.{name}.column: {spec.column!r} is the target's column; a metadata head must "
-                            "use another column")
+            problems.append(Problem(f"metadata.{name}.column", f"{spec.column!r} is the target's column; a metadata "
+                                                               "head must use another column"))
 
     # --- referenced columns
     roles: list[tuple[str, Any]] = [("image_column", image_column), ("target.column", target.column)]
@@ -471,13 +386,13 @@ def validate_manifest(
     known = set(table.header)
     for role, col in roles:
         if col not in known:
-            problems.append(column_problem(table, role, col))
+            problems.append(Problem(role, column_problem(table, role, col)))
 
     def has(col: Any) -> bool:
         return isinstance(col, str) and col in known
 
     if not table.rows:
-        problems.append(f"{file}: no data rows under the header: add one row per image")
+        found(f"{file}: no data rows under the header: add one row per image")
         return problems
 
     # --- splits (needed by the target and group checks)
@@ -488,15 +403,15 @@ def validate_manifest(
         missing = [ln for ln, c in zip(lines, cells) if not c]
         unknown = [(ln, c) for ln, c, s in zip(lines, cells, splits) if c and s is None]
         if missing:
-            problems.append(problem_line(file, "split missing", "fill in train, val or test", missing, split_column))
+            found(problem_line(file, "split missing", "fill in train, val or test", missing, split_column))
         if unknown:
             values = sorted({c for _, c in unknown}, key=_natural_key)
-            problems.append(problem_line(
+            found(problem_line(
                 file, f"unknown split value(s) {_values(values)}", lines=[ln for ln, _ in unknown], column=split_column,
                 todo=f"use {', '.join(SPLIT_NAMES)} (case-insensitive), or map the values with split_values, e.g. "
                      f"{{{values[0]!r}: 'train'}}"))
         if not missing and not unknown and "train" not in splits:
-            problems.append(problem_line(file, "no row is in the train split", column=split_column,
+            found(problem_line(file, "no row is in the train split", column=split_column,
                                          todo="label vocabularies and bin edges are fitted on train rows; mark some "
                                           "rows train (or map them with split_values)"))
 
@@ -505,7 +420,7 @@ def validate_manifest(
         root_str = os.fspath(root)
         root_real = os.path.realpath(root_str)
         if not os.path.isdir(root_real):
-            problems.append(f"{file}: data root {root_str!r} is not a directory: set root to the folder the image "
+            found(f"{file}: data root {root_str!r} is not a directory: set root to the folder the image "
                             f"paths in column {image_column!r} are relative to")
         else:
             empty, outside, absent, undecodable, multi = [], [], [], [], []
@@ -552,64 +467,65 @@ def validate_manifest(
                         if earlier is not row and (image_groups is None or not group or group != earlier[2]):
                             copies.append((row, earlier))
             if empty:
-                problems.append(problem_line(file, "image path missing", "fill in the image or remove the row",
+                found(problem_line(file, "image path missing", "fill in the image or remove the row",
                                              empty, image_column))
             if outside:
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"image path leaves the data root {root_str!r}, refused (e.g. {examples['outside']!r})",
                     "image paths must point inside root; move the images under root or set root to a folder "
                     "that contains them", outside, image_column))
             if absent:
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"image file not found under {root_str!r} (e.g. {examples['absent']!r})",
                     "check root, the cell values and image_pattern" + (
                         f" (now {image_pattern!r})" if image_pattern != "{}" else
                         ", e.g. image_pattern='images/{}.png' when cells omit a folder or extension"),
                     absent, image_column))
             if undecodable:
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"image cannot be decoded (e.g. {examples['undecodable']})",
                     "replace the file with a valid PNG, JPEG, TIFF or DICOM image, or remove the row", undecodable,
                     image_column))
             if multi:
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"multi-frame image, refused (e.g. {examples['multi']})",
                     "only single-frame images are used: save the frame to train on as its own file and list that "
                     "(several frames: one file and row each, with the same group)", multi, image_column))
             if copies:
-                problems.append(_content_copies_problem(file, copies, image_column,
+                found(_content_copies_problem(file, copies, image_column,
                                                         group_column if image_groups is not None else None))
             if repeated:
                 shown = _capped(repeated, separator="; ")
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"the same image is listed more than once (line {shown})",
                     "keep one row per image (a repeated image inflates its weight and can leak across splits)",
                     column=image_column))
 
     # --- target
     if has(target.column):
-        problems += _check_labels(table, target, target.column, is_target=True, splits=splits,
-                                  split_column=split_column)
+        problems += [Problem("", text) for text in _check_labels(table, target, target.column, is_target=True,
+                                                                  splits=splits, split_column=split_column)]
 
     # --- metadata
     for name, spec in metadata.items():
         if has(spec.column) and spec.column != target.column:
-            problems += _check_labels(table, spec, spec.column, is_target=False, splits=splits,
-                                      head=f"metadata.{name}")
+            problems += [Problem("", text) for text in _check_labels(
+                table, spec, spec.column, is_target=False, splits=splits, head=f"metadata.{name}",
+                degenerate=degenerate)]
 
     # --- groups
     if has(group_column):
         groups = table.column(group_column)
         missing = [ln for ln, g in zip(lines, groups) if not g]
         if missing:
-            problems.append(problem_line(file, "group missing", "fill in the group (e.g. patient id) of every row",
+            found(problem_line(file, "group missing", "fill in the group (e.g. patient id) of every row",
                                          missing, group_column))
         if splits is not None:
             several = groups_in_several_parts(splits, groups)
             leaks = sorted(several, key=_natural_key)
             if leaks:
                 described = _capped([f"{g!r} ({', '.join(several[g])})" for g in leaks])
-                problems.append(problem_line(
+                found(problem_line(
                     file, f"{len(leaks)} group(s) in more than one split: {described}",
                     f"put all rows of a group in one split (else evaluation leaks), using column {split_column!r}",
                     column=group_column))
@@ -765,16 +681,17 @@ def _dicom_cell(ds: Any, keyword: str, index: int | None) -> str:
 
 
 def add_dicom_columns(table: ManifestTable, dicom_columns: Mapping[str, str], *, root: str | os.PathLike,
-                      image_column: str, image_pattern: str = "{}") -> tuple[ManifestTable, list[str]]:
+                      image_column: str, image_pattern: str = "{}") -> tuple[ManifestTable, list[Problem]]:
     """``table`` with one new column per ``dicom_columns`` entry (new column -> DICOM keyword, optionally indexed:
     ``PixelSpacing[1]``), each cell the header value of the row's image as a string (``""`` when the element is
-    absent or the image is not DICOM), and the config problems (``dicom_columns.<name>: ...``).
+    absent or the image is not DICOM), and the config problems (keyed ``dicom_columns.<name>``).
 
     Only headers are read (``stop_before_pixels``); the table is returned unchanged when there are problems.
     """
-    problems: list[str] = []
+    problems: list[Problem] = []
     if not isinstance(dicom_columns, Mapping):
-        return table, [f"dicom_columns: must be a mapping of new column -> DICOM keyword, got {dicom_columns!r}"]
+        return table, [Problem("dicom_columns", f"must be a mapping of new column -> DICOM keyword, got "
+                                                f"{dicom_columns!r}")]
     if not dicom_columns:
         return table, []
     pydicom = _pydicom()
@@ -783,18 +700,18 @@ def add_dicom_columns(table: ManifestTable, dicom_columns: Mapping[str, str], *,
     wanted: list[tuple[str, str, int | None]] = []
     for name, key in dicom_columns.items():
         if not isinstance(name, str) or not name:
-            problems.append(f"dicom_columns: column names must be non-empty strings, got {name!r}")
+            problems.append(Problem("dicom_columns", f"column names must be non-empty strings, got {name!r}"))
             continue
         if name in table.header:
-            problems.append(f"dicom_columns.{name}: the manifest already has a column '{name}'")
+            problems.append(Problem(f"dicom_columns.{name}", f"the manifest already has a column '{name}'"))
             continue
         match = _DICOM_KEY.match(key) if isinstance(key, str) else None
         if match is None:
-            problems.append(f"dicom_columns.{name}: must be a DICOM keyword, optionally indexed "
-                            f"(e.g. PixelSpacing[0]), got {key!r}")
+            problems.append(Problem(f"dicom_columns.{name}", "must be a DICOM keyword, optionally indexed "
+                                                             f"(e.g. PixelSpacing[0]), got {key!r}"))
             continue
         if tag_for_keyword(match.group(1)) is None:
-            problems.append(f"dicom_columns.{name}: unknown DICOM keyword '{match.group(1)}'")
+            problems.append(Problem(f"dicom_columns.{name}", f"unknown DICOM keyword '{match.group(1)}'"))
             continue
         wanted.append((name, match.group(1), None if match.group(2) is None else int(match.group(2))))
     if problems:
@@ -951,7 +868,7 @@ def _content_copies_problem(file: str, copies: Sequence[tuple[tuple[int, str, st
         todo, column=image_column)
 
 
-def _fit_edges(values: torch.Tensor, spec: ColumnSpec) -> torch.Tensor:
+def _fit_edges(values: torch.Tensor, spec: HeadConfig) -> torch.Tensor:
     """:func:`fit_bin_edges` for a continuous head, also refusing edges that do not bin: a span beyond float range
     (-1e308 .. 1e308) or below its resolution gives inf/nan or repeated edges, which would put every value in one
     bin without a word. Raises ``ValueError`` with the reason."""
@@ -963,15 +880,25 @@ def _fit_edges(values: torch.Tensor, spec: ColumnSpec) -> torch.Tensor:
     return edges
 
 
-def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_target: bool,
-                  splits: list[str | None] | None, head: str = "target", split_column: str | None = None) -> list[str]:
+def _check_labels(table: ManifestTable, spec: HeadConfig, column: str, *, is_target: bool,
+                  splits: list[str | None] | None, head: str = "target", split_column: str | None = None,
+                  degenerate: dict[str, str] | None = None) -> list[str]:
     """Problems of one head's column: unparsable/missing cells, one class spelled several ways and a degenerate
-    label space (no value, a single class -- for the target also a single class in the val split)."""
+    label space (no value, a single class -- for the target also a single class in the val split). A degenerate
+    metadata head goes into ``degenerate`` (head name -> why) instead, when given."""
     file = table.path
     lines = table.line_numbers
     cells = table.column(column)
     problems: list[str] = []
-    role = "target" if is_target else f"metadata head {head.split('.', 1)[1]!r}"
+    name = head.split(".", 1)[1] if not is_target else head
+    role = "target" if is_target else f"metadata head {name!r}"
+
+    def unusable(what: str, todo: str) -> None:
+        """A label space no head can learn: reported, or set aside for a metadata head the caller may drop."""
+        if not is_target and degenerate is not None:
+            degenerate.setdefault(name, _detail(what, todo, column=column))
+        else:
+            problems.append(problem_line(file, f"{role}: {what}", todo, column=column))
 
     if spec.type == "continuous":
         if is_target:
@@ -987,15 +914,12 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
         train = ({v for c, s in zip(cells, splits) if s == "train" and c and (v := parse_float(c)) is not None}
                  if splits is not None and "train" in splits else None)
         if not values:
-            problems.append(problem_line(file, f"{role}: the column has no values", column=column,
-                                         todo="fill it in or drop this head"))
+            unusable("the column has no values", todo="fill it in or drop this head")
         elif len(values) == 1:
-            problems.append(problem_line(file, f"{role}: every value is {next(iter(values))!r}", column=column,
-                                         todo="a constant cannot be binned; drop this head"))
+            unusable(f"every value is {next(iter(values))!r}", todo="a constant cannot be binned; drop this head")
         elif train is not None and len(train) < 2:
-            problems.append(problem_line(
-                file, f"{role}: fewer than 2 distinct values in the train split", column=column,
-                todo="bin edges are fitted on train rows; drop this head or change the split"))
+            unusable("fewer than 2 distinct values in the train split",
+                     todo="bin edges are fitted on train rows; drop this head or change the split")
         else:  # fit the edges now, as encode_labels will, so that a passing table also encodes
             fit = [v for c, s in zip(cells, splits or [None] * len(cells))  # with repeats: quantiles count them
                    if c and (train is None or s == "train") and (v := parse_float(c)) is not None]
@@ -1003,9 +927,8 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
                 _fit_edges(torch.tensor(fit, dtype=torch.float64), spec)
             except ValueError as e:
                 where = "" if train is None else " train"
-                problems.append(problem_line(
-                    file, f"{role}: cannot bin the{where} values ({e})", column=column,
-                    todo="use fewer bins, binning: equal_width, or rescale the column; or drop this head"))
+                unusable(f"cannot bin the{where} values ({e})",
+                         todo="use fewer bins, binning: equal_width, or rescale the column; or drop this head")
         return problems
 
     # binary / categorical: any non-empty string is a class
@@ -1033,17 +956,20 @@ def _check_labels(table: ManifestTable, spec: ColumnSpec, column: str, *, is_tar
     present = sorted({c for c in kept if c}, key=_natural_key)
     expected = 2 if spec.type == "binary" else None
     if not present:
-        problems.append(problem_line(file, f"{role}: the column has no values" + (
-            f" among classes {list(spec.classes)}" if spec.classes is not None else ""), column=column,
-            todo="fill it in" + ("" if is_target else " or drop this head")))
+        unusable("the column has no values" + (
+            f" among classes {list(spec.classes)}" if spec.classes is not None else ""),
+            todo="fill it in" + ("" if is_target else " or drop this head"))
     elif len(present) == 1:
-        problems.append(problem_line(
-            file, f"{role}: a single class {present[0]!r}", column=column,
-            todo="a head needs at least 2 classes" + ("" if is_target else "; drop this head")))
+        unusable(f"a single class {present[0]!r}",
+                 todo="a head needs at least 2 classes" + ("" if is_target else "; drop this head"))
     elif expected is not None and len(present) != expected:
-        problems.append(problem_line(file, f"{role}: binary needs exactly 2 classes, found {len(present)} "
-                                       f"({_values(present)})", column=column,
-                                     todo="declare type categorical, or keep two with classes: [a, b]"))
+        unusable(f"binary needs exactly 2 classes, found {len(present)} ({_values(present)})",
+                 todo="declare type categorical, or keep two with classes: [a, b]")
+    elif (not is_target and splits is not None and "train" in splits
+          and len({c for c, s in zip(kept, splits) if c and s == "train"}) < 2):
+        # the label space is fitted on train rows (encode_labels): one class there is no head to learn
+        unusable("fewer than 2 classes in the train split",
+                 todo="classes are fitted on train rows; drop this head or change the split")
     elif is_target and splits is not None and spec.classes is None and "train" in splits:
         train = {c for c, s in zip(kept, splits) if c and s == "train"}
         unseen = [(ln, c) for ln, c, s in zip(lines, kept, splits) if c and s is not None and c not in train]
@@ -1087,14 +1013,15 @@ def single_class_val_problem(table: ManifestTable, column: str, splits: Sequence
 
 
 def encode_labels(
-    table: ManifestTable, spec: ColumnSpec, *, name: str, fit_rows: Sequence[int], strict: bool = False
+    table: ManifestTable, spec: HeadConfig, *, name: str, fit_rows: Sequence[int], strict: bool = False
 ) -> tuple[TaskSpec, list[int]]:
     """The head's :class:`TaskSpec` and one integer label per table row.
 
     The vocabulary (categorical/binary: ``spec.classes`` order, else the values of ``fit_rows`` sorted naturally) and
     the bin edges (continuous: :func:`fit_bin_edges` on ``fit_rows``) come from ``fit_rows`` only -- the training
     split -- so validation and test rows never shape the label space. Missing cells and values outside the
-    vocabulary become ``IGNORE_INDEX`` (-1); with ``strict`` (the target) they raise ``ValueError`` instead.
+    vocabulary become ``IGNORE_INDEX`` (-1); with ``strict`` (the target) they raise instead. Problems of the column
+    raise :class:`~wsca_lightning.problems.ConfigError` without a key (the caller knows the head's key).
     ``fit_rows`` are 0-based row indices into ``table.rows``.
     """
     file = table.path
@@ -1106,7 +1033,7 @@ def encode_labels(
     if bad:
         raise ValueError(f"fit_rows: indices {bad[:_SHOWN]} are outside the {len(table.rows)} rows of {file}")
     if spec.column not in table.header:
-        raise ValueError(column_problem(table, f"{name}: column", spec.column))
+        raise ConfigError(Problem("", column_problem(table, f"{name}: column", spec.column)))
     cells = table.column(spec.column)
     lines = table.line_numbers
 
@@ -1114,13 +1041,13 @@ def encode_labels(
         values = [parse_float(c) if c else math.nan for c in cells]
         unparsable = [ln for ln, c, v in zip(lines, cells, values) if c and v is None]
         if unparsable:
-            raise ValueError(problem_line(file, f"{name}: not a number", "write a number or leave the cell empty",
+            raise ConfigError.at("", problem_line(file, f"{name}: not a number", "write a number or leave the cell empty",
                                           unparsable, spec.column))
         tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         try:
             edges = _fit_edges(tensor[fit], spec)
         except ValueError as e:
-            raise ValueError(problem_line(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
+            raise ConfigError.at("", problem_line(file, f"{name}: cannot bin the fit rows ({e})", column=spec.column,
                                           todo="drop this head, use fewer bins or rescale the column")) from None
         labels = [int(x) for x in digitize(tensor, edges)]
         task = TaskSpec(name=name, kind="continuous", class_names=tuple(bin_names(edges)),
@@ -1128,7 +1055,8 @@ def encode_labels(
         if strict:
             missing = [ln for ln, lab in zip(lines, labels) if lab == IGNORE_INDEX]
             if missing:
-                raise ValueError(problem_line(file, f"{name}: missing value", "fill it in", missing, spec.column))
+                raise ConfigError.at("", problem_line(file, f"{name}: missing value", "fill it in", missing,
+                                                      spec.column))
         return task, labels
 
     if spec.classes is not None:
@@ -1136,12 +1064,12 @@ def encode_labels(
     else:
         spelled = spelling_problem(table, spec.column, role=name)
         if spelled is not None:  # 'Malignant' beside 'malignant' would silently be two classes
-            raise ValueError(spelled)
+            raise ConfigError.at("", spelled)
         vocabulary = tuple(sorted({cells[i] for i in fit if cells[i]}, key=_natural_key))
     try:
         task = TaskSpec(name=name, kind=spec.type, class_names=vocabulary)  # type: ignore[arg-type]
     except ValueError as e:
-        raise ValueError(problem_line(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
+        raise ConfigError.at("", problem_line(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
                                       todo="check the column and the split")) from None
     index = {c: k for k, c in enumerate(vocabulary)}
     labels = [index.get(c, IGNORE_INDEX) for c in cells]
@@ -1154,6 +1082,5 @@ def encode_labels(
         if unseen:
             problems.append(problem_line(file, f"{name}: value(s) not among the classes {list(vocabulary)}",
                                          "fix the labels or the split", unseen, spec.column))
-        if problems:
-            raise ValueError("\n".join(problems))
+        raise_if([Problem("", text) for text in problems])
     return task, labels

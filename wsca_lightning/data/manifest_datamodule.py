@@ -1,11 +1,14 @@
 """LightningDataModule for a user's own images listed in a CSV/TSV manifest (``data=manifest``).
 
-Everything that can be wrong with a config or a manifest is found in ``__init__``, before any training: the config
-(head specs, subset, sizes, fractions), the table (:func:`~wsca_lightning.data.manifest.validate_manifest`, images
-decoded when ``check_images``), the splits (patient-grouped, no patient in two splits), the label spaces (fitted on
-the *whole* training split, so ``full``/``balanced``/``biased`` runs share them) and the training subset. Every
-problem is reported at once in one ``ValueError``, one line per problem, each starting with its config key
-(``manifest: /data/m.csv: ...``, ``target.classes: ...``) so that ``wsca-train`` can name ``data.<key>``.
+Lightning's contract, kept: ``__init__`` validates the configuration only (head specs, subset, sizes, fractions);
+:meth:`~ManifestDataModule.prepare_data` runs the full data check once (the table,
+:func:`~wsca_lightning.data.manifest.validate_manifest` with every image decoded when ``check_images``, the splits --
+patient-grouped, no patient in two splits --, the label spaces -- fitted on the *whole* training split, so
+``full``/``balanced``/``biased`` runs share them -- and the training subset); :meth:`~ManifestDataModule.setup`
+builds the datasets from that check, or repeats it without decoding any image where ``prepare_data`` did not run
+(another rank). Every problem is reported at once in one :class:`~wsca_lightning.problems.ConfigError`, each keyed by
+its config key (``manifest: /data/m.csv: ...``, ``target.classes: ...``) so that ``wsca-train`` can name
+``data.<key>``.
 
 SA-SonoNet input (``channels``): per-row segmentation probability maps (a ``.npy`` of ``(num_maps, H, W)`` or one PNG
 per map) and pixel-spacing columns turned into constant planes (rescaled for the resize), stacked after the image;
@@ -24,6 +27,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,36 +37,37 @@ from tqdm.auto import tqdm
 
 from wsca_lightning.data.base import TaskDataModule, labelled_item
 from wsca_lightning.data.manifest import (
-    ColumnSpec,
     ManifestError,
     ManifestTable,
     add_dicom_columns,
     column_problem,
-    folded_label,
-    is_inside,
-    parse_float,
-    problem_line,
-    single_class_val_problem,
     encode_labels,
+    folded_label,
     image_path,
     is_dicom,
+    is_inside,
     one_line,
+    parse_float,
     parse_splits,
+    problem_line,
     read_grayscale,
     read_manifest,
+    single_class_val_problem,
     validate_manifest,
 )
+from wsca_lightning.data.options import integer_problems, is_number, switch_problems
 from wsca_lightning.data.splits import (
     carve_validation,
+    check_group_disjoint,
     check_subset_config,
     configured_subset,
-    check_group_disjoint,
     group_kfold,
     group_split,
 )
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.tasks import TaskSpec
+from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.tasks import HeadConfig, TaskSpec, check_heads
 
 __all__ = ["ImageLoadError", "ManifestDataModule", "ManifestImageDataset", "load_image"]
 
@@ -71,13 +76,6 @@ _GAMMA_RANGE = (0.8, 1.25)
 _CHANNEL_KEYS: tuple[str, ...] = ("segmentation", "spacing_columns")
 _SEGMENTATION_KEYS: tuple[str, ...] = ("column", "num_maps", "pattern")
 ON_DEGENERATE: tuple[str, ...] = ("error", "drop")
-#: validator wording of a degenerate metadata column (see ``manifest._check_labels``)
-_DEGENERATE = ("the column has no values", "a single class", "every value is ", "fewer than 2 distinct values",
-               "binary needs exactly 2 classes", "cannot bin the")
-
-
-def _bad_name(name: object) -> bool:
-    return not isinstance(name, str) or not name or "/" in name or "." in name
 
 
 def default_task_name(column: str) -> str:
@@ -328,13 +326,13 @@ class ManifestDataModule(TaskDataModule):
         cache_images: bool = False,
     ) -> None:
         super().__init__()
-        problems: list[str] = []
+        problems: list[Problem] = []
 
         def plain(value: Any, key: str) -> Any:
             try:
                 return to_plain(value, key)
-            except ValueError as err:
-                problems.append(str(err))
+            except ValueError as err:  # its message names the nested key
+                problems.append(Problem("", str(err)))
                 return None
 
         target = copy.deepcopy(DEFAULT_TARGET) if target is None else plain(target, "target")
@@ -345,261 +343,48 @@ class ManifestDataModule(TaskDataModule):
         channels = None if channels is None else plain(channels, "channels")
         dicom_columns = None if dicom_columns is None else plain(dicom_columns, "dicom_columns")
 
-        # ------------------------------------------------------------------------------------------- plain options
-        for key, value in (("manifest", manifest), ("root", root)):
-            if not isinstance(value, str) or not value:
-                problems.append(f"{key}: must be a path, got {value!r}")
-        for key, value in (("image_column", image_column), ("image_pattern", image_pattern)):
-            if not isinstance(value, str) or not value:
-                problems.append(f"{key}: must be a non-empty string, got {value!r}")
-        for key, value in (("group_column", group_column), ("split_column", split_column)):
-            if value is not None and (not isinstance(value, str) or not value):
-                problems.append(f"{key}: must be a column name or null, got {value!r}")
-        if split_values is not None and not isinstance(split_values, Mapping):
-            problems.append(f"split_values: must be a mapping of cell value -> train/val/test, got {split_values!r}")
-            split_values = None
-        if split_values is not None:
-            split_values = {str(k): str(v) for k, v in split_values.items()}
-            if split_column is None:
-                problems.append("split_values: only used with split_column; set split_column or remove it")
-        if not isinstance(image_size, Sequence) or len(image_size) != 2 or not all(
-                is_int(s) and s > 0 and s % 16 == 0 for s in image_size):
-            problems.append(f"image_size: must be [H, W], positive multiples of 16, got {image_size!r}")
-            image_size = None
+        option_problems, split_values, image_size = _option_problems(
+            manifest=manifest, root=root, image_column=image_column, image_pattern=image_pattern,
+            group_column=group_column, split_column=split_column, split_values=split_values, image_size=image_size,
+            on_degenerate=on_degenerate, normalization=normalization, augment=augment, check_images=check_images,
+            cache_images=cache_images, batch_size=batch_size, num_workers=num_workers, seed=seed,
+            num_folds=num_folds, val_fraction=val_fraction, test_fraction=test_fraction, fold=fold)
+        problems += option_problems
         segmentation, spacing_columns, channel_problems = _channel_config(channels)
         problems += channel_problems
-        if not is_int(in_channels) or in_channels < 1:
-            problems.append(f"in_channels: must be an integer >= 1, got {in_channels!r}")
-        elif not channel_problems:
-            num_maps = 0 if segmentation is None else segmentation["num_maps"]
-            expected = 1 + num_maps + len(spacing_columns)
-            if in_channels != expected:
-                if expected == 1:
-                    problems.append(
-                        "in_channels: manifest data gives 1-channel images unless channels.segmentation / "
-                        f"channels.spacing_columns add SA-SonoNet channels; expected 1, got {in_channels}")
-                else:
-                    problems.append(
-                        f"in_channels: expected {expected} (1 image + {num_maps} segmentation maps + "
-                        f"{len(spacing_columns)} spacing planes from channels), got {in_channels}")
-        if on_degenerate not in ON_DEGENERATE:
-            problems.append(f"on_degenerate: must be one of {', '.join(ON_DEGENERATE)}, got {on_degenerate!r}")
-        if normalization not in NORMALIZATIONS:
-            problems.append(f"normalization: must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}")
-        for key, value in (("augment", augment), ("check_images", check_images), ("cache_images", cache_images)):
-            if not isinstance(value, bool):
-                problems.append(f"{key}: must be true or false, got {value!r}")
-        for key, value, minimum in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                    ("seed", seed, 0), ("num_folds", num_folds, 2)):
-            if not is_int(value) or value < minimum:
-                problems.append(f"{key}: must be an integer >= {minimum}, got {value!r}")
-        fractions_ok = True
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                problems.append(f"{key}: must be a number in [0, 1), got {value!r}")
-                fractions_ok = False
-        if fractions_ok and val_fraction + test_fraction >= 1:
-            problems.append(f"val_fraction: val_fraction + test_fraction must be < 1, got {val_fraction} + "
-                            f"{test_fraction}")
-        if fold is not None:
-            if not is_int(fold) or fold < 0 or (is_int(num_folds) and fold >= num_folds):
-                problems.append(f"fold: must be null or an integer in [0, num_folds={num_folds}), got {fold!r}")
-        elif fractions_ok and split_column is None and val_fraction == 0:
-            problems.append("val_fraction: must be > 0 without split_column or fold (the val split comes from it)")
-
-        # ------------------------------------------------------------------------------------------- heads
-        target_spec: ColumnSpec | None = None
-        primary: str | None = None
-        if not isinstance(target, Mapping):
-            problems.append(f"target: must be a mapping with keys column, type, classes, name, got {target!r}")
-        else:
-            fields = {k: v for k, v in target.items() if k != "name"}
-            try:
-                target_spec = ColumnSpec.from_mapping("target", fields)
-            except ValueError as err:
-                problems += str(err).splitlines()
-            if target_spec is not None and target_spec.type not in ("binary", "categorical"):
-                problems.append(f"target.type: must be binary or categorical, got {target_spec.type!r}")
-                target_spec = None
-            if "name" in target:
-                primary = target["name"]
-                if _bad_name(primary):
-                    problems.append(f"target.name: must be a non-empty string without '/' or '.', got {primary!r}")
-                    primary = None
-            elif isinstance(target.get("column"), str):
-                primary = default_task_name(target["column"])
-        heads: dict[str, ColumnSpec] = {}
-        if not isinstance(metadata, Mapping):
-            problems.append(f"metadata: must be a mapping of head name -> head config, got {metadata!r}")
-            metadata = {}
-        for name, head in metadata.items():
-            if _bad_name(name):
-                problems.append(f"metadata.{name}: head name {name!r} must be a non-empty string without '/' or '.'")
-                continue
-            if name == primary:
-                problems.append(f"metadata.{name}: head name {name!r} is already the primary task's name")
-            try:
-                heads[name] = ColumnSpec.from_mapping(f"metadata.{name}", head)
-            except ValueError as err:
-                problems += str(err).splitlines()
-                continue
-            if target_spec is not None and heads[name].column == target_spec.column:
-                problems.append(f"metadata.{name}.column: {heads[name].column!r} is the target's column; a metadata "
-                                "head must use another column")
-
-        # ------------------------------------------------------------------------------------------- subset
+        problems += _in_channel_problems(in_channels, segmentation, spacing_columns, bool(channel_problems))
+        head_problems, target_spec, primary, heads = check_heads(target, metadata, default_name=default_task_name)
+        problems += head_problems
         subset_problems, subset_cfg = check_subset_config(subset, list(metadata or {}), seed)
         problems += subset_problems
-        if problems:
-            raise ValueError(_message(problems))
+        raise_if(problems, TITLE)
         assert target_spec is not None and primary is not None and image_size is not None
-
-        # ------------------------------------------------------------------------------------------- the table
-        try:
-            table = read_manifest(manifest, delimiter)
-        except ManifestError as err:
-            raise ValueError(_message([f"manifest: {p}" for p in err.problems])) from None
-        if dicom_columns is not None and isinstance(image_column, str) and isinstance(image_pattern, str):
-            table, dicom_problems = add_dicom_columns(table, dicom_columns, root=root, image_column=image_column,
-                                                      image_pattern=image_pattern)
-            if dicom_problems:
-                raise ValueError(_message(dicom_problems))
-        if target_spec.column in table.header and target_spec.classes is not None:
-            table, class_problems = _keep_classes(table, target_spec)
-            problems += class_problems
-        dropped: dict[str, str] = {}
-        for p in validate_manifest(
-                table, root=root, image_column=image_column, image_pattern=image_pattern, target=target_spec,
-                metadata=heads, group_column=group_column, split_column=split_column, split_values=split_values,
-                check_images=check_images):
-            head = _degenerate_head(p, heads) if on_degenerate == "drop" else None
-            if head is not None:
-                dropped.setdefault(head, p.split(f"metadata head {head!r}: ", 1)[1])
-            else:
-                problems.append(_keyed(p, table.path))
-        problems += _channel_problems(table, root, image_column, image_pattern, segmentation, spacing_columns,
-                                      check_images)
-        if problems:
-            raise ValueError(_message(problems))
-
-        # ------------------------------------------------------------------------------------------- splits
-        n = len(table.rows)
-        cells = table.column(target_spec.column)
-        vocabulary = list(target_spec.classes) if target_spec.classes is not None else sorted(set(cells))
-        codes = [vocabulary.index(c) for c in cells]  # provisional, for stratification only
-        groups = table.column(group_column) if group_column is not None else None
-        try:
-            splits = self._splits(table, codes, groups, split_column, split_values, val_fraction, test_fraction,
-                                  fold, num_folds, seed)
-        except ValueError as err:
-            default = "split_column" if split_column is not None else "val_fraction"
-            raise ValueError(_message([_keyed(p, table.path, default) for p in str(err).splitlines()])) from None
-        leaks = check_group_disjoint(splits, groups)
-        if leaks:
-            raise ValueError(_message([f"group_column: {p}" for p in leaks]))
-        train_rows = [i for i in range(n) if splits[i] == "train"]
-        val_rows = [i for i in range(n) if splits[i] == "val"]
-        test_rows = [i for i in range(n) if splits[i] == "test"]
-        if not train_rows:
-            problems.append("split_column: no row is in the train split")
-        if not val_rows:
-            problems.append("val_fraction: no row is in the val split (raise val_fraction or mark val rows)")
-        else:  # a val split the table gives was checked with the table; this catches a drawn one
-            single = single_class_val_problem(
-                table, target_spec.column, splits, classes=target_spec.classes,
-                todo="the val split was drawn from few groups: raise val_fraction (or lower num_folds) so it holds "
-                     "more classes, or give a split column with val rows")
-            if single is not None:
-                problems.append(_keyed(single, table.path, "val_fraction"))
-        if target_spec.classes is not None and train_rows:
-            in_train = {cells[i] for i in train_rows}
-            absent = [c for c in target_spec.classes if c not in in_train]
-            if absent:
-                problems.append(f"target.classes: {absent} never occur in the train split of {table.path}; remove "
-                                "them from classes or change the split")
-        if problems:
-            raise ValueError(_message(problems))
-
-        # ------------------------------------------------------------------------------------------- labels
-        specs: list[TaskSpec] = []
-        labels: dict[str, list[int]] = {}
-        for name, spec, key, strict in [(primary, target_spec, "target", True),
-                                        *((h, s, f"metadata.{h}", False) for h, s in heads.items())]:
-            if name in dropped:
-                continue
-            try:
-                task, values = encode_labels(table, spec, name=name, fit_rows=train_rows, strict=strict)
-            except ValueError as err:
-                if not strict and on_degenerate == "drop":
-                    dropped[name] = str(err).splitlines()[0]
-                    continue
-                problems += [f"{key}: {line}" for line in str(err).splitlines()]
-                continue
-            if not strict and on_degenerate == "drop":
-                present = {values[i] for i in train_rows if values[i] >= 0}
-                if len(present) < 2:
-                    dropped[name] = (f"column {spec.column!r} has no values in the training split" if not present
-                                     else f"column {spec.column!r} has a single class "
-                                          f"{task.class_names[next(iter(present))]!r} in the training split")
-                    continue
-            specs.append(task)
-            labels[name] = values
-        for name, reason in dropped.items():
-            warnings.warn(f"data.metadata.{name}: metadata head {name!r} dropped (on_degenerate=drop): {reason}",
-                          UserWarning, stacklevel=2)
-        heads = {h: s for h, s in heads.items() if h not in dropped}
-        if subset_cfg["mode"] != "full" and subset_cfg.get("by") in dropped:
-            problems.append(f"subset.by: metadata head {subset_cfg['by']!r} was dropped as degenerate "
-                            f"({dropped[subset_cfg['by']]}); choose another head")
-        if problems:
-            raise ValueError(_message(problems))
-
-        # ------------------------------------------------------------------------------------------- subset
-        selected, val_selected = train_rows, val_rows
-        if subset_cfg["mode"] != "full":
-            by_spec = next(s for s in specs if s.name == subset_cfg["by"])
-            for part, part_rows in (("train", train_rows), ("val", val_rows)):
-                try:
-                    chosen = configured_subset(
-                        subset_cfg, [labels[primary][i] for i in part_rows],
-                        [labels[by_spec.name][i] for i in part_rows], part=part,
-                        primary_names=list(specs[0].class_names), by_names=list(by_spec.class_names))
-                except ValueError as err:
-                    raise ValueError(_message([line.rstrip(":") for line in str(err).splitlines()])) from None
-                if chosen is not None and part == "train":
-                    selected = [part_rows[k] for k in chosen]
-                elif chosen is not None:
-                    val_selected = [part_rows[k] for k in chosen]
 
         self.manifest = manifest
         self.root = root
-        self.table: ManifestTable = table
+        self.delimiter = delimiter
+        self.image_column: str = image_column
+        self.image_pattern = image_pattern
+        self.target_spec = target_spec
+        self.configured_metadata_specs = heads
+        self.group_column = group_column
+        self.split_column = split_column
+        self.split_values = split_values
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.fold, self.num_folds = fold, num_folds
+        self.subset = subset_cfg
         self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
+        self.segmentation, self.spacing_columns = segmentation, spacing_columns
+        self.channels = {"segmentation": segmentation, "spacing_columns": spacing_columns or None}
+        self.on_degenerate = on_degenerate
         self.normalization = normalization
         self.augment = augment
+        self.check_images = check_images
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
-        self.target_spec = target_spec
-        self.metadata_specs = heads
-        self.subset = subset_cfg
-        self.splits: list[str] = list(splits)
-        self.full_train_indices: list[int] = train_rows
-        self.train_indices: list[int] = selected
-        self.val_indices: list[int] = val_selected
-        self.test_indices: list[int] = test_rows
-        self.labels: dict[str, list[int]] = labels
-        self.paths: list[str] = [image_path(root, c, image_pattern) for c in table.column(image_column)]
-        self.ids: list[str] = table.column(image_column)
-        self.image_column: str = image_column
-        self.dropped_heads: dict[str, str] = dropped
-        self.segmentation_sources: list[str | list[str]] | None = None if segmentation is None else [
-            segmentation_source(root, c, segmentation["pattern"], segmentation["num_maps"])
-            for c in table.column(segmentation["column"])]
-        self.spacing_values: list[tuple[float, ...]] | None = None if not spacing_columns else [
-            tuple(float(row[c]) for c in spacing_columns) for row in table.rows]
-        self.channels = {"segmentation": segmentation, "spacing_columns": spacing_columns or None}
-        self._specs = specs
+        self.dicom_columns = dicom_columns
+        self.cache_images = cache_images
         self.save_hyperparameters(to_plain({
             "manifest": manifest, "root": root, "image_column": image_column, "image_pattern": image_pattern,
             "delimiter": delimiter, "target": target, "metadata": metadata, "group_column": group_column,
@@ -610,12 +395,198 @@ class ManifestDataModule(TaskDataModule):
             "augment": augment, "check_images": check_images, "batch_size": batch_size,
             "num_workers": num_workers, "seed": seed, "dicom_columns": dicom_columns,
             "cache_images": cache_images}, "hparams"))
-        self.cache_images = cache_images
-
         self.input_shape: tuple[int, int, int] = (int(in_channels), *self.image_size)
         self.primary_task: str = primary
+        #: the checked table, splits and labels; set by prepare_data (decoding every image) or setup (not)
+        self._data: _ManifestData | None = None
+        #: prepare_data ran in this process or in the one this datamodule was pickled from (ddp_spawn)
+        self._prepared = False
 
-    # ----------------------------------------------------------------------------------------------------------------
+    # --- Lightning's hooks -------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """The full data check, once: reads the table and, with ``check_images``, decodes, hashes and counts the
+        frames of every image (and segmentation map); every problem is raised at once as a ConfigError."""
+        if self._prepared:
+            return
+        self._data = self._load(decode=self.check_images)
+        self._prepared = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """The table, splits and datasets; reuses :meth:`prepare_data`'s check, else checks the table without
+        decoding any image (a rank that did not prepare the data)."""
+        if self.train_dataset is not None:
+            return  # idempotent
+        if self._data is None:
+            self._data = self._load(decode=False)
+        self._install(self._data)
+        self.train_dataset = self._dataset(self.train_indices, self.augment)
+        self.val_dataset = self._dataset(self.val_indices, False)
+        self.test_dataset = self._dataset(self.test_indices, False)
+        self._set_task_specs(self._data.specs)
+
+    # --- the data check, step by step --------------------------------------------------------------------------------
+
+    def _load(self, decode: bool) -> "_ManifestData":
+        table, class_problems = self._read_table()
+        dropped = self._check_table(table, class_problems, decode)
+        splits = self._split(table)
+        specs, labels, dropped = self._encode(table, splits, dropped)
+        train_rows = [i for i, s in enumerate(splits) if s == "train"]
+        val_rows = [i for i, s in enumerate(splits) if s == "val"]
+        selected, val_selected = self._subset(specs, labels, train_rows, val_rows)
+        return _ManifestData(table=table, splits=list(splits), train_rows=train_rows, selected=selected,
+                             val_selected=val_selected, test_rows=[i for i, s in enumerate(splits) if s == "test"],
+                             specs=specs, labels=labels, dropped=dropped)
+
+    def _read_table(self) -> tuple[ManifestTable, list[Problem]]:
+        """The manifest, with its DICOM columns added and only the rows of the target's listed classes kept, and
+        the problems of those classes (a listed class that never occurs, or occurs spelled another way)."""
+        try:
+            table = read_manifest(self.manifest, self.delimiter)
+        except ManifestError as err:
+            raise ConfigError(_under_default(err.problems, "manifest"), TITLE) from None
+        if self.dicom_columns is not None:
+            table, dicom_problems = add_dicom_columns(table, self.dicom_columns, root=self.root,
+                                                      image_column=self.image_column,
+                                                      image_pattern=self.image_pattern)
+            raise_if(dicom_problems, TITLE)
+        if self.target_spec.column in table.header and self.target_spec.classes is not None:
+            return _keep_classes(table, self.target_spec)
+        return table, []
+
+    def _check_table(self, table: ManifestTable, class_problems: list[Problem], decode: bool) -> dict[str, str]:
+        """Every problem of the table's content (images and maps decoded only with ``decode``); returns the
+        degenerate metadata heads that ``on_degenerate: drop`` sets aside (head -> why)."""
+        dropped: dict[str, str] = {}
+        found = validate_manifest(
+            table, root=self.root, image_column=self.image_column, image_pattern=self.image_pattern,
+            target=self.target_spec, metadata=self.configured_metadata_specs, group_column=self.group_column,
+            split_column=self.split_column, split_values=self.split_values, check_images=decode,
+            degenerate=dropped if self.on_degenerate == "drop" else None)
+        problems = [*class_problems, *_under_default(found, "manifest")]
+        problems += _channel_problems(table, self.root, self.image_column, self.image_pattern, self.segmentation,
+                                      self.spacing_columns, decode)
+        raise_if(problems, TITLE)
+        return dropped
+
+    def _split(self, table: ManifestTable) -> list[str]:
+        """Train/val/test of every row, patient-grouped, checked for leaks and for usable train and val splits."""
+        target = self.target_spec
+        cells = table.column(target.column)
+        vocabulary = list(target.classes) if target.classes is not None else sorted(set(cells))
+        codes = [vocabulary.index(c) for c in cells]  # provisional, for stratification only
+        groups = table.column(self.group_column) if self.group_column is not None else None
+        default = "split_column" if self.split_column is not None else "val_fraction"
+        try:
+            splits = self._splits(table, codes, groups, self.split_column, self.split_values, self.val_fraction,
+                                  self.test_fraction, self.fold, self.num_folds, self.seed)
+        except ConfigError as err:
+            raise ConfigError(_under_default(err.problems, default), TITLE) from None
+        except ValueError as err:
+            raise ConfigError(Problem(default, str(err)), TITLE) from None
+        raise_if([Problem("group_column", p) for p in check_group_disjoint(splits, groups)], TITLE)
+        problems: list[Problem] = []
+        train_rows = [i for i, s in enumerate(splits) if s == "train"]
+        if not train_rows:
+            problems.append(Problem("split_column", "no row is in the train split"))
+        if "val" not in splits:
+            problems.append(Problem("val_fraction", "no row is in the val split (raise val_fraction or mark val rows)"))
+        else:  # a val split the table gives was checked with the table; this catches a drawn one
+            single = single_class_val_problem(
+                table, target.column, splits, classes=target.classes,
+                todo="the val split was drawn from few groups: raise val_fraction (or lower num_folds) so it holds "
+                     "more classes, or give a split column with val rows")
+            if single is not None:
+                problems.append(Problem("val_fraction", single))
+        if target.classes is not None and train_rows:
+            in_train = {cells[i] for i in train_rows}
+            absent = [c for c in target.classes if c not in in_train]
+            if absent:
+                problems.append(Problem("target.classes", f"{absent} never occur in the train split of {table.path}; "
+                                                          "remove them from classes or change the split"))
+        raise_if(problems, TITLE)
+        return splits
+
+    def _encode(self, table: ManifestTable, splits: Sequence[str], dropped: dict[str, str]
+                ) -> tuple[list[TaskSpec], dict[str, list[int]], dict[str, str]]:
+        """Every head's label space fitted on the whole training split, and the labels of every row."""
+        train_rows = [i for i, s in enumerate(splits) if s == "train"]
+        problems: list[Problem] = []
+        specs: list[TaskSpec] = []
+        labels: dict[str, list[int]] = {}
+        drop = self.on_degenerate == "drop"
+        for name, spec, key, strict in [(self.primary_task, self.target_spec, "target", True),
+                                        *((h, s, f"metadata.{h}", False)
+                                          for h, s in self.configured_metadata_specs.items())]:
+            if name in dropped:
+                continue
+            try:
+                task, values = encode_labels(table, spec, name=name, fit_rows=train_rows, strict=strict)
+            except ConfigError as err:
+                if not strict and drop:
+                    dropped[name] = err.problems[0].message
+                    continue
+                problems += [p.under(key) for p in err.problems]
+                continue
+            if not strict and drop:
+                present = {values[i] for i in train_rows if values[i] >= 0}
+                if len(present) < 2:
+                    dropped[name] = (f"column {spec.column!r} has no values in the training split" if not present
+                                     else f"column {spec.column!r} has a single class "
+                                          f"{task.class_names[next(iter(present))]!r} in the training split")
+                    continue
+            specs.append(task)
+            labels[name] = values
+        for name, reason in dropped.items():
+            warnings.warn(f"data.metadata.{name}: metadata head {name!r} dropped (on_degenerate=drop): {reason}",
+                          UserWarning, stacklevel=3)
+        if self.subset["mode"] != "full" and self.subset.get("by") in dropped:
+            problems.append(Problem("subset.by", f"metadata head {self.subset['by']!r} was dropped as degenerate "
+                                                 f"({dropped[self.subset['by']]}); choose another head"))
+        raise_if(problems, TITLE)
+        return specs, labels, dropped
+
+    def _subset(self, specs: Sequence[TaskSpec], labels: Mapping[str, list[int]], train_rows: list[int],
+                val_rows: list[int]) -> tuple[list[int], list[int]]:
+        """The rows of the configured training (and validation) subset; the whole splits for ``mode: full``."""
+        selected, val_selected = train_rows, val_rows
+        if self.subset["mode"] == "full":
+            return selected, val_selected
+        by_spec = next(s for s in specs if s.name == self.subset["by"])
+        for part, part_rows in (("train", train_rows), ("val", val_rows)):
+            try:
+                chosen = configured_subset(
+                    self.subset, [labels[self.primary_task][i] for i in part_rows],
+                    [labels[by_spec.name][i] for i in part_rows], part=part,
+                    primary_names=list(specs[0].class_names), by_names=list(by_spec.class_names))
+            except ConfigError as err:
+                raise ConfigError(err.problems, TITLE) from None
+            if chosen is not None and part == "train":
+                selected = [part_rows[k] for k in chosen]
+            elif chosen is not None:
+                val_selected = [part_rows[k] for k in chosen]
+        return selected, val_selected
+
+    def _install(self, data: "_ManifestData") -> None:
+        """The checked data as the attributes the datasets (and users) read."""
+        table = data.table
+        self.table: ManifestTable = table
+        self.splits: list[str] = data.splits
+        self.full_train_indices: list[int] = data.train_rows
+        self.train_indices: list[int] = data.selected
+        self.val_indices: list[int] = data.val_selected
+        self.test_indices: list[int] = data.test_rows
+        self.labels: dict[str, list[int]] = data.labels
+        self.dropped_heads: dict[str, str] = data.dropped
+        self.metadata_specs = {h: s for h, s in self.configured_metadata_specs.items() if h not in data.dropped}
+        self.paths: list[str] = [image_path(self.root, c, self.image_pattern) for c in table.column(self.image_column)]
+        self.ids: list[str] = table.column(self.image_column)
+        seg = self.segmentation
+        self.segmentation_sources: list[str | list[str]] | None = None if seg is None else [
+            segmentation_source(self.root, c, seg["pattern"], seg["num_maps"]) for c in table.column(seg["column"])]
+        self.spacing_values: list[tuple[float, ...]] | None = None if not self.spacing_columns else [
+            tuple(float(row[c]) for c in self.spacing_columns) for row in table.rows]
 
     @staticmethod
     def _splits(table: ManifestTable, codes: list[int], groups: list[str] | None, split_column: str | None,
@@ -630,8 +601,8 @@ class ManifestDataModule(TaskDataModule):
             if "val" in official:
                 return official
             if val_fraction <= 0:
-                raise ValueError(f"val_fraction: the split column {split_column!r} has no val rows; val_fraction "
-                                 "must be > 0 to carve a val split from train")
+                raise ConfigError.at("val_fraction", f"the split column {split_column!r} has no val rows; "
+                                                     "val_fraction must be > 0 to carve a val split from train")
             return carve_validation(official, codes, groups, val_fraction=val_fraction, seed=seed)
         if fold is None:
             return group_split(codes, groups, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
@@ -656,41 +627,108 @@ class ManifestDataModule(TaskDataModule):
                                     segmentation_column=None if self.channels["segmentation"] is None
                                     else self.channels["segmentation"]["column"])
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is not None:
-            return  # idempotent
-        self.train_dataset = self._dataset(self.train_indices, self.augment)
-        self.val_dataset = self._dataset(self.val_indices, False)
-        self.test_dataset = self._dataset(self.test_indices, False)
-        self._set_task_specs(self._specs)
-
 
 # --------------------------------------------------------------------------------------------------------- helpers
 
 
-def _message(problems: Sequence[str]) -> str:
-    count = len(problems)
-    return f"invalid manifest data config ({count} problem{'s' * (count > 1)}):\n  " + "\n  ".join(problems)
+TITLE = "invalid manifest data config"
 
 
-_ROLE = re.compile(r"^(image_column|target\.column|metadata\.[^ ]+\.column|group_column|split_column) refers to ")
+@dataclass
+class _ManifestData:
+    """What the data check of a manifest found: the table, the rows of each split and the labels of every head."""
+
+    table: ManifestTable
+    splits: list[str]
+    train_rows: list[int]  # the whole training split (label spaces are fitted on it)
+    selected: list[int]  # the training rows of the configured subset
+    val_selected: list[int]
+    test_rows: list[int]
+    specs: list[TaskSpec]
+    labels: dict[str, list[int]]
+    dropped: dict[str, str]  # degenerate metadata heads dropped (on_degenerate: drop) -> why
 
 
-def _keyed(problem: str, file: str, default: str = "manifest") -> str:
-    """A problem line starting with its config key: lines about the file get ``manifest: `` (or the role whose
-    column is missing); lines already starting with a key (``target: ...``, ``split_values: ...``) stay."""
-    if problem.startswith(f"{file}: "):
-        rest = problem[len(file) + 2:]
-        role = _ROLE.match(rest)
-        if role:
-            return f"{role.group(1)}: {file}: {rest}"
-        return f"{default}: {problem}"
-    if re.match(r"^[A-Za-z_][\w./]*: ", problem):
-        return problem
-    return f"{default}: {problem}"
+def _under_default(problems: Sequence[Problem], key: str) -> list[Problem]:
+    """Problems as the datamodule reports them: a keyless one (about the file's content) under ``key``."""
+    return [p if p.key else p.under(key) for p in problems]
 
 
-def _keep_classes(table: ManifestTable, spec: ColumnSpec) -> tuple[ManifestTable, list[str]]:
+def _option_problems(*, manifest: Any, root: Any, image_column: Any, image_pattern: Any, group_column: Any,
+                     split_column: Any, split_values: Any, image_size: Any, on_degenerate: Any, normalization: Any,
+                     augment: Any, check_images: Any, cache_images: Any, batch_size: Any, num_workers: Any,
+                     seed: Any, num_folds: Any, val_fraction: Any, test_fraction: Any,
+                     fold: Any) -> tuple[list[Problem], dict[str, str] | None, Any]:
+    """Problems of the plain options, and ``split_values`` (as strings) and ``image_size`` (``None`` when
+    unusable)."""
+    problems: list[Problem] = []
+    for key, value in (("manifest", manifest), ("root", root)):
+        if not isinstance(value, str) or not value:
+            problems.append(Problem(key, f"must be a path, got {value!r}"))
+    for key, value in (("image_column", image_column), ("image_pattern", image_pattern)):
+        if not isinstance(value, str) or not value:
+            problems.append(Problem(key, f"must be a non-empty string, got {value!r}"))
+    for key, value in (("group_column", group_column), ("split_column", split_column)):
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(Problem(key, f"must be a column name or null, got {value!r}"))
+    if split_values is not None and not isinstance(split_values, Mapping):
+        problems.append(Problem("split_values", "must be a mapping of cell value -> train/val/test, got "
+                                                f"{split_values!r}"))
+        split_values = None
+    if split_values is not None:
+        split_values = {str(k): str(v) for k, v in split_values.items()}
+        if split_column is None:
+            problems.append(Problem("split_values", "only used with split_column; set split_column or remove it"))
+    if not isinstance(image_size, Sequence) or len(image_size) != 2 or not all(
+            is_int(s) and s > 0 and s % 16 == 0 for s in image_size):
+        problems.append(Problem("image_size", f"must be [H, W], positive multiples of 16, got {image_size!r}"))
+        image_size = None
+    if on_degenerate not in ON_DEGENERATE:
+        problems.append(Problem("on_degenerate", f"must be one of {', '.join(ON_DEGENERATE)}, got {on_degenerate!r}"))
+    if normalization not in NORMALIZATIONS:
+        problems.append(Problem("normalization", f"must be one of {', '.join(NORMALIZATIONS)}, got "
+                                                 f"{normalization!r}"))
+    problems += switch_problems((("augment", augment), ("check_images", check_images),
+                                 ("cache_images", cache_images)))
+    problems += integer_problems((("batch_size", batch_size, 1), ("num_workers", num_workers, 0), ("seed", seed, 0),
+                                  ("num_folds", num_folds, 2)))
+    fractions_ok = True
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not is_number(value) or not 0 <= value < 1:
+            problems.append(Problem(key, f"must be a number in [0, 1), got {value!r}"))
+            fractions_ok = False
+    if fractions_ok and val_fraction + test_fraction >= 1:
+        problems.append(Problem("val_fraction", f"val_fraction + test_fraction must be < 1, got {val_fraction} + "
+                                                f"{test_fraction}"))
+    if fold is not None:
+        if not is_int(fold) or fold < 0 or (is_int(num_folds) and fold >= num_folds):
+            problems.append(Problem("fold", f"must be null or an integer in [0, num_folds={num_folds}), got {fold!r}"))
+    elif fractions_ok and split_column is None and val_fraction == 0:
+        problems.append(Problem("val_fraction", "must be > 0 without split_column or fold (the val split comes from "
+                                                "it)"))
+    return problems, split_values, image_size
+
+
+def _in_channel_problems(in_channels: Any, segmentation: Mapping[str, Any] | None, spacing_columns: Sequence[str],
+                         channels_invalid: bool) -> list[Problem]:
+    """``in_channels`` against the image plus the channels ``channels`` adds."""
+    if not is_int(in_channels) or in_channels < 1:
+        return [Problem("in_channels", f"must be an integer >= 1, got {in_channels!r}")]
+    if channels_invalid:
+        return []
+    num_maps = 0 if segmentation is None else segmentation["num_maps"]
+    expected = 1 + num_maps + len(spacing_columns)
+    if in_channels == expected:
+        return []
+    if expected == 1:
+        return [Problem("in_channels", "manifest data gives 1-channel images unless channels.segmentation / "
+                                       f"channels.spacing_columns add SA-SonoNet channels; expected 1, got "
+                                       f"{in_channels}")]
+    return [Problem("in_channels", f"expected {expected} (1 image + {num_maps} segmentation maps + "
+                                   f"{len(spacing_columns)} spacing planes from channels), got {in_channels}")]
+
+
+def _keep_classes(table: ManifestTable, spec: HeadConfig) -> tuple[ManifestTable, list[Problem]]:
     """Only the rows whose target is one of ``spec.classes`` (line numbers kept); a listed class that never occurs
     is a ``target.classes`` problem."""
     assert spec.classes is not None
@@ -703,8 +741,8 @@ def _keep_classes(table: ManifestTable, spec: ColumnSpec) -> tuple[ManifestTable
             close = difflib.get_close_matches(c, values, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             shown = ", ".join(repr(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-            problems.append(f"target.classes: {c!r} never occurs in column {spec.column!r} of {table.path}; "
-                            f"{hint}values: {shown}")
+            problems.append(Problem("target.classes", f"{c!r} never occurs in column {spec.column!r} of "
+                                                      f"{table.path}; {hint}values: {shown}"))
     # a listed class spelled another way ('Malignant' for 'malignant') would silently lose its rows
     folded = {folded_label(c): c for c in spec.classes}
     respelled: dict[str, list[int]] = {}
@@ -713,62 +751,56 @@ def _keep_classes(table: ManifestTable, spec: ColumnSpec) -> tuple[ManifestTable
         if value and value not in spec.classes and folded_label(value) in folded:
             respelled.setdefault(value, []).append(table.line_numbers[k])
     for value, lines in respelled.items():
-        problems.append("target.classes: " + problem_line(
+        problems.append(Problem("target.classes", problem_line(
             table.path, f"{value!r} is the listed class {folded[folded_label(value)]!r} spelled differently",
             column=spec.column, lines=lines,
             todo="rows outside target.classes are left out, so these would be lost: write the class one way in "
-                 "the table"))
+                 "the table")))
     filtered = ManifestTable(path=table.path, delimiter=table.delimiter, header=table.header,
                              rows=tuple(table.rows[k] for k in keep),
                              line_numbers=tuple(table.line_numbers[k] for k in keep))
     return filtered, problems
 
 
-def _degenerate_head(problem: str, heads: Mapping[str, ColumnSpec]) -> str | None:
-    """The metadata head a validator line reports as degenerate (empty / constant / single class), else ``None``."""
-    for name in heads:
-        marker = f"metadata head {name!r}: "
-        if marker in problem and problem.split(marker, 1)[1].startswith(_DEGENERATE):
-            return name
-    return None
-
-
-def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+def _channel_config(channels: Any) -> tuple[dict[str, Any] | None, list[str], list[Problem]]:
     """``(segmentation config with defaults or None, spacing columns, problems)`` of the ``channels`` option."""
-    problems: list[str] = []
+    problems: list[Problem] = []
     if channels is None:
         return None, [], problems
     if not isinstance(channels, Mapping):
-        return None, [], [f"channels: must be a mapping with keys {', '.join(_CHANNEL_KEYS)}, got {channels!r}"]
-    problems += [f"channels.{k}: unknown key; valid keys: {', '.join(_CHANNEL_KEYS)}"
+        return None, [], [Problem("channels", f"must be a mapping with keys {', '.join(_CHANNEL_KEYS)}, got "
+                                              f"{channels!r}")]
+    problems += [Problem(f"channels.{k}", f"unknown key; valid keys: {', '.join(_CHANNEL_KEYS)}")
                  for k in channels if k not in _CHANNEL_KEYS]
     segmentation = None
     seg = channels.get("segmentation")
     if seg is not None:
         if not isinstance(seg, Mapping):
-            problems.append("channels.segmentation: must be null or a mapping {column, num_maps, pattern}, "
-                            f"got {seg!r}")
+            problems.append(Problem("channels.segmentation", "must be null or a mapping {column, num_maps, "
+                                                             f"pattern}}, got {seg!r}"))
         else:
-            problems += [f"channels.segmentation.{k}: unknown key; valid keys: {', '.join(_SEGMENTATION_KEYS)}"
+            problems += [Problem(f"channels.segmentation.{k}", f"unknown key; valid keys: "
+                                                               f"{', '.join(_SEGMENTATION_KEYS)}")
                          for k in seg if k not in _SEGMENTATION_KEYS]
             segmentation = {"num_maps": 5, "pattern": "{}", **seg}
             if not isinstance(segmentation.get("column"), str) or not segmentation.get("column"):
-                problems.append("channels.segmentation.column: must be the column naming each image's maps, got "
-                                f"{segmentation.get('column')!r}")
+                problems.append(Problem("channels.segmentation.column", "must be the column naming each image's "
+                                                                        f"maps, got {segmentation.get('column')!r}"))
             if not is_int(segmentation["num_maps"]) or segmentation["num_maps"] < 1:
-                problems.append(f"channels.segmentation.num_maps: must be an integer >= 1, got "
-                                f"{segmentation['num_maps']!r}")
+                problems.append(Problem("channels.segmentation.num_maps", "must be an integer >= 1, got "
+                                                                          f"{segmentation['num_maps']!r}"))
             pattern = segmentation["pattern"]
             if not isinstance(pattern, str) or "{}" not in pattern:
-                problems.append(f"channels.segmentation.pattern: must be a string containing '{{}}' (the cell), "
-                                f"got {pattern!r}")
+                problems.append(Problem("channels.segmentation.pattern", "must be a string containing '{}' (the "
+                                                                         f"cell), got {pattern!r}"))
     spacing = channels.get("spacing_columns")
     columns: list[str] = []
     if spacing is not None:
         if (isinstance(spacing, (str, bytes)) or not isinstance(spacing, Sequence) or not 1 <= len(spacing) <= 2
                 or not all(isinstance(c, str) and c for c in spacing) or len(set(spacing)) != len(spacing)):
-            problems.append("channels.spacing_columns: must be null or a list of 1 or 2 distinct column names "
-                            f"([x, y]: mm per pixel along width, height), got {spacing!r}")
+            problems.append(Problem("channels.spacing_columns", "must be null or a list of 1 or 2 distinct column "
+                                                                f"names ([x, y]: mm per pixel along width, height), "
+                                                                f"got {spacing!r}"))
         else:
             columns = list(spacing)
     return segmentation, columns, problems
@@ -789,35 +821,34 @@ def _image_hw(path: str) -> tuple[int, int] | None:
 
 def _channel_problems(table: ManifestTable, root: str, image_column: str, image_pattern: str,
                       segmentation: Mapping[str, Any] | None, spacing_columns: Sequence[str],
-                      check_images: bool) -> list[str]:
+                      check_images: bool) -> list[Problem]:
     """Problems of the segmentation and spacing cells, one line per kind, each naming the lines and the column.
     Files are opened (maps decoded: count, size, range) only with ``check_images``."""
     file = table.path
-    problems: list[str] = []
+    problems: list[Problem] = []
     lines = table.line_numbers
     known = set(table.header)
     for col in spacing_columns:
         key = "channels.spacing_columns"
         if col not in known:
-            problems.append(f"{key}: {column_problem(table, key, col)}")
+            problems.append(Problem(key, column_problem(table, key, col)))
             continue
         cells = table.column(col)
         missing = [ln for ln, c in zip(lines, cells) if not c]
         bad = [(ln, c) for ln, c in zip(lines, cells) if c and ((v := parse_float(c)) is None or v <= 0)]
         if missing:
-            problems.append(f"{key}: " + problem_line(
-                file, "pixel spacing missing", "fill in the spacing (mm per pixel) or remove the row", missing, col))
+            problems.append(Problem(key, problem_line(
+                file, "pixel spacing missing", "fill in the spacing (mm per pixel) or remove the row", missing, col)))
         if bad:
-            problems.append(f"{key}: " + problem_line(
+            problems.append(Problem(key, problem_line(
                 file, f"pixel spacing is not a positive number (e.g. {bad[0][1]!r})",
-                "write the spacing in mm per pixel as a number > 0", [ln for ln, _ in bad],
-                col))
+                "write the spacing in mm per pixel as a number > 0", [ln for ln, _ in bad], col)))
     if segmentation is None:
         return problems
     key = "channels.segmentation"
     col, pattern, num_maps = segmentation["column"], segmentation["pattern"], int(segmentation["num_maps"])
     if col not in known:
-        return problems + [f"{key}.column: {column_problem(table, f'{key}.column', col)}"]
+        return problems + [Problem(f"{key}.column", column_problem(table, f"{key}.column", col))]
     root_real = os.path.realpath(os.fspath(root))
     if not os.path.isdir(root_real):
         return problems  # reported for the images
@@ -884,5 +915,5 @@ def _channel_problems(table: ManifestTable, root: str, image_column: str, image_
         if kind in kinds:
             what = what.format(repr(examples[kind])) if kind in ("outside", "format", "absent") else (
                 what.format(examples[kind]) if "{}" in what else what)
-            problems.append(f"{key}: " + problem_line(file, what, todo, kinds[kind], col))
+            problems.append(Problem(key, problem_line(file, what, todo, kinds[kind], col)))
     return problems

@@ -1,8 +1,7 @@
 """A metadata spreadsheet keyed by sample id: labels for the WSC callback on a module that has no metadata heads.
 
 The user's table has one row per sample, a column of ids that the training batches carry (``id_key``), and one column
-per metadata field. Column types and bins are those of ``data=manifest`` (:class:`~wsca_lightning.data.manifest.
-ColumnSpec`); when no columns are declared, every other column is a task, continuous when every filled cell is a
+per metadata field. Columns are declared as every metadata head is (:class:`~wsca_lightning.tasks.HeadConfig`, a table's head); when no columns are declared, every other column is a task, continuous when every filled cell is a
 number and it has more than :data:`MAX_INFERRED_CATEGORIES` distinct values (then 4 equal-width bins), categorical
 otherwise. The vocabularies and bin edges are fitted on the rows of the training samples the callback analyses (never
 on validation rows), exactly as :func:`~wsca_lightning.data.manifest.encode_labels` does for a manifest.
@@ -20,7 +19,6 @@ import torch
 from torch import Tensor
 
 from wsca_lightning.data.manifest import (
-    ColumnSpec,
     ManifestError,
     column_problem,
     encode_labels,
@@ -29,7 +27,8 @@ from wsca_lightning.data.manifest import (
     read_manifest,
     spelling_problem,
 )
-from wsca_lightning.tasks import TaskSpec
+from wsca_lightning.problems import ConfigError, Problem
+from wsca_lightning.tasks import HeadConfig, TaskSpec, is_task_name
 
 __all__ = ["MAX_INFERRED_CATEGORIES", "MetadataTable", "TABLE_FIELDS", "sample_ids"]
 
@@ -55,7 +54,7 @@ class MetadataTable:
     Args:
         path: the CSV/TSV file (delimiter detected from the header unless given).
         id_column: the column holding the ids the batches carry (compared as text: ``7`` matches ``"7"``).
-        columns: ``{task: ColumnSpec or its mapping}``; default every other column, types inferred (module docstring).
+        columns: ``{task: HeadConfig or its mapping}``; default every other column, types inferred (module docstring).
         delimiter: the file's delimiter, if detection is not wanted.
 
     Raises :class:`~wsca_lightning.data.manifest.ManifestError` (one line per problem, naming the file, lines and
@@ -72,10 +71,9 @@ class MetadataTable:
     ) -> None:
         table = read_manifest(path, delimiter)
         file = table.path
-        problems: list[str] = []
+        problems: list[str | Problem] = []
         if id_column not in table.header:
-            problems.append(column_problem(table, "id_key", id_column))
-            raise ManifestError(problems)
+            raise ManifestError([column_problem(table, "id_key", id_column)])
         ids = table.column(id_column)
         empty = [ln for ln, value in zip(table.line_numbers, ids) if not value]
         if empty:
@@ -90,7 +88,7 @@ class MetadataTable:
         if repeated:
             problems.append(problem_line(file, "repeated id (each sample needs one row)", "merge or remove the rows",
                                          repeated, id_column))
-        specs: dict[str, ColumnSpec] = {}
+        specs: dict[str, HeadConfig] = {}
         if columns is None:
             for name in table.header:
                 if name != id_column and name.strip():
@@ -108,22 +106,22 @@ class MetadataTable:
                         specs[task] = spec
         else:
             if not isinstance(columns, Mapping):
-                raise ManifestError([f"metadata_columns: must be a mapping {{task: {{column, type, ...}}}}, got "
-                                     f"{columns!r}"])
+                raise ManifestError([Problem("metadata_columns", f"must be a mapping {{task: {{column, type, ...}}}}, "
+                                                                 f"got {columns!r}")])
             for name, value in columns.items():
                 try:
-                    specs[str(name)] = value if isinstance(value, ColumnSpec) else ColumnSpec.from_mapping(
+                    specs[str(name)] = value if isinstance(value, HeadConfig) else HeadConfig.from_mapping(
                         f"metadata_columns.{name}", value)
-                except ValueError as err:
-                    problems.append(str(err))
+                except ConfigError as err:
+                    problems += err.problems
             for name, spec in specs.items():
-                if not name or "/" in name or "." in name:  # a task name is part of metric keys
-                    problems.append(f"metadata_columns.{name}: task name {name!r} must be non-empty, without '/' "
-                                    "or '.'")
+                if not is_task_name(name):
+                    problems.append(Problem(f"metadata_columns.{name}", f"task name {name!r} must be non-empty, "
+                                                                        "without '/' or '.'"))
                 if spec.column not in table.header:
                     problems.append(column_problem(table, f"metadata_columns.{name}.column", spec.column))
                 elif spec.column == id_column:
-                    problems.append(f"metadata_columns.{name}.column: {spec.column!r} is the id column")
+                    problems.append(Problem(f"metadata_columns.{name}.column", f"{spec.column!r} is the id column"))
         for name, spec in specs.items():
             if spec.type != "continuous" and spec.classes is None and spec.column in table.header:
                 spelled = spelling_problem(table, spec.column, role=f"task {name!r}",
@@ -201,13 +199,13 @@ def _task_name(column: str) -> str:
     return column.strip().replace("/", "_").replace(".", "_").replace(" ", "_")
 
 
-def _inferred_spec(cells: Sequence[str], column: str) -> ColumnSpec | None:
+def _inferred_spec(cells: Sequence[str], column: str) -> HeadConfig | None:
     """Continuous or categorical by the rule of the module docstring; None for a text column with more distinct
     values than half its filled cells (and than MAX_INFERRED_CATEGORIES), which is no grouping of samples."""
     filled = [c for c in cells if c]
     numbers = [parse_float(c) for c in filled]
     if filled and all(v is not None for v in numbers) and len(set(numbers)) > MAX_INFERRED_CATEGORIES:
-        return ColumnSpec(column=column, type="continuous")
+        return HeadConfig(column=column, type="continuous")
     if len(set(filled)) > max(MAX_INFERRED_CATEGORIES, len(filled) // 2):
         return None
-    return ColumnSpec(column=column, type="categorical")
+    return HeadConfig(column=column, type="categorical")

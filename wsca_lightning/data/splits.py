@@ -17,6 +17,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
+from wsca_lightning.data.options import integer_problems
+from wsca_lightning.problems import ConfigError, Problem
+
 SPLIT_NAMES = ("train", "val", "test")
 SUBSET_MODES = ("full", "balanced", "biased")
 SUBSET_KEYS = ("mode", "by", "per_cell", "major", "minor", "seed", "val")
@@ -176,10 +179,10 @@ def group_split(
     keys = ("train share (1 - val_fraction - test_fraction)", "val_fraction", "test_fraction")
     empty = [f"{keys[p]}={fractions[p]:g}" for p in wanted if filled[p] == 0]
     if empty:
-        raise ValueError(
-            f"{', '.join(empty)}: gets no group: only {len(group_rows)} groups (patients) to split into "
-            f"{len(wanted)} parts; lower the fraction (or set it to 0) or provide more groups"
-        )
+        # keyless: the caller knows which of its options set these fractions
+        raise ConfigError(Problem("", f"{', '.join(empty)}: gets no group: only {len(group_rows)} groups (patients) "
+                                      f"to split into {len(wanted)} parts; lower the fraction (or set it to 0) or "
+                                      "provide more groups"))
     split = [""] * n
     for g, rows in group_rows.items():
         for i in rows:
@@ -216,10 +219,8 @@ def group_kfold(
     sub_targets = [targets[i] for i in pool]
     group_rows = _group_rows(len(pool), sub_groups)
     if len(group_rows) < num_folds:
-        raise ValueError(
-            f"num_folds: {num_folds} folds need at least {num_folds} groups (patients) outside test, "
-            f"got {len(group_rows)}"
-        )
+        raise ConfigError.at("num_folds", f"{num_folds} folds need at least {num_folds} groups (patients) outside "
+                                          f"test, got {len(group_rows)}")
     generator = torch.Generator().manual_seed(seed)
     parts = _deal(sub_targets, group_rows, [1.0 / num_folds] * num_folds, generator)
     split = ["test"] * n
@@ -283,10 +284,10 @@ def carve_validation(
     if unknown:
         raise ValueError(f"split: values {unknown} are not one of {', '.join(SPLIT_NAMES)}")
     if "val" in split:
-        raise ValueError("split: already has val rows; carve_validation is for train/test-only splits")
+        raise ConfigError.at("split", "already has val rows; carve_validation is for train/test-only splits")
     train = [i for i, s in enumerate(split) if s == "train"]
     if not train:
-        raise ValueError("split: has no train rows to carve a validation set from")
+        raise ConfigError.at("split", "has no train rows to carve a validation set from")
     sub = group_split(
         [targets[i] for i in train],
         None if groups is None else [groups[i] for i in train],
@@ -342,10 +343,10 @@ def _num_classes(labels: Sequence[int], names: Sequence[str] | None, key: str) -
     return len(names)
 
 
-def check_subset_config(subset: object, heads: Sequence[str], seed: int) -> tuple[list[str], dict]:
+def check_subset_config(subset: object, heads: Sequence[str], seed: int) -> tuple[list[Problem], dict]:
     """Validate a datamodule's ``subset`` option against its metadata ``heads``.
 
-    Returns ``(problems, config)``: one ``"subset.<key>: ..."`` line per problem, and the config with the paper's
+    Returns ``(problems, config)``: the problems keyed ``subset.<key>``, and the config with the paper's
     defaults (:data:`SUBSET_DEFAULTS`) and the data seed filled in; ``None`` means ``{"mode": "full"}``.
     ``val`` is ``None`` (the validation split is left as it is: an unassociated draw) or ``{per_cell, major, minor}``:
     the validation split is subset the same way with these cell sizes, like the paper, where each sub-dataset has
@@ -355,33 +356,27 @@ def check_subset_config(subset: object, heads: Sequence[str], seed: int) -> tupl
     if subset is None:
         return [], config
     if not isinstance(subset, Mapping):
-        return [f"subset: must be a mapping with keys {', '.join(SUBSET_KEYS)}, got {subset!r}"], config
-    problems = [f"subset.{k}: unknown key; valid keys: {', '.join(SUBSET_KEYS)}"
+        return [Problem("subset", f"must be a mapping with keys {', '.join(SUBSET_KEYS)}, got {subset!r}")], config
+    problems = [Problem(f"subset.{k}", f"unknown key; valid keys: {', '.join(SUBSET_KEYS)}")
                 for k in subset if k not in SUBSET_KEYS]
     config.update({k: v for k, v in subset.items() if k in SUBSET_KEYS})
     mode = config["mode"]
     if mode not in SUBSET_MODES:
-        problems.append(f"subset.mode: must be one of {', '.join(SUBSET_MODES)}, got {mode!r}")
+        problems.append(Problem("subset.mode", f"must be one of {', '.join(SUBSET_MODES)}, got {mode!r}"))
     elif mode != "full" and config.get("by") not in heads:
-        problems.append(f"subset.by: {mode} subsets need a metadata head name; got {config.get('by')!r}, "
-                        f"heads: {', '.join(map(str, heads)) or 'none'}")
-    for key in (*SUBSET_CELL_KEYS, "seed"):
-        value = config[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            problems.append(f"subset.{key}: must be an integer >= 0, got {value!r}")
+        problems.append(Problem("subset.by", f"{mode} subsets need a metadata head name; got {config.get('by')!r}, "
+                                             f"heads: {', '.join(map(str, heads)) or 'none'}"))
+    problems += integer_problems([(f"subset.{key}", config[key], 0) for key in (*SUBSET_CELL_KEYS, "seed")])
     val = config["val"]
     if val is not None:
         if not isinstance(val, Mapping):
-            problems.append(f"subset.val: must be null or a mapping with keys {', '.join(SUBSET_CELL_KEYS)}, got "
-                            f"{val!r}")
+            problems.append(Problem("subset.val", "must be null or a mapping with keys "
+                                                  f"{', '.join(SUBSET_CELL_KEYS)}, got {val!r}"))
         else:
-            problems += [f"subset.val.{k}: unknown key; valid keys: {', '.join(SUBSET_CELL_KEYS)}"
+            problems += [Problem(f"subset.val.{k}", f"unknown key; valid keys: {', '.join(SUBSET_CELL_KEYS)}")
                          for k in val if k not in SUBSET_CELL_KEYS]
             config["val"] = {**{k: config[k] for k in SUBSET_CELL_KEYS}, **dict(val)}
-            for key in SUBSET_CELL_KEYS:
-                value = config["val"][key]
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    problems.append(f"subset.val.{key}: must be an integer >= 0, got {value!r}")
+            problems += integer_problems([(f"subset.val.{key}", config["val"][key], 0) for key in SUBSET_CELL_KEYS])
     return problems, config
 
 
@@ -400,15 +395,9 @@ def configured_subset(
     if subset["mode"] == "full" or (part == "val" and subset.get("val") is None):
         return None
     cells = subset["val"] if part == "val" else subset
-    try:
-        return select_subset(primary, by, mode=subset["mode"], per_cell=cells["per_cell"], major=cells["major"],
-                             minor=cells["minor"], seed=subset["seed"] + (part == "val"),
-                             primary_names=primary_names, by_names=by_names)
-    except ValueError as err:
-        if part != "val":
-            raise
-        # "subset: cell ... (lower subset.major)" -> "subset.val: cell ... (lower subset.val.major)"
-        raise ValueError(str(err).replace("subset", "subset.val")) from None
+    return select_subset(primary, by, mode=subset["mode"], per_cell=cells["per_cell"], major=cells["major"],
+                         minor=cells["minor"], seed=subset["seed"] + (part == "val"), primary_names=primary_names,
+                         by_names=by_names, key="subset.val" if part == "val" else "subset")
 
 
 def select_subset(
@@ -422,8 +411,10 @@ def select_subset(
     seed: int = 0,
     primary_names: Sequence[str] | None = None,
     by_names: Sequence[str] | None = None,
+    key: str = "subset",
 ) -> list[int]:
-    """Sorted row indices of the paper's training subset (paper §3.4).
+    """Sorted row indices of the paper's training subset (paper §3.4); ``key`` is the config key of the cell sizes
+    (``subset``, or ``subset.val`` for the validation split's), named by the problems.
 
     ``full``: every row. ``balanced``: exactly ``per_cell`` rows from every (primary class, by class) cell, so
     ``by`` carries no information about ``primary``. ``biased``: primary class ``i`` takes ``major`` rows from its
@@ -431,15 +422,15 @@ def select_subset(
     (-1) are never picked in balanced/biased. An impossible request names every short cell at once.
     """
     if mode not in SUBSET_MODES:
-        raise ValueError(f"subset.mode: must be one of {', '.join(SUBSET_MODES)}, got {mode!r}")
+        raise ConfigError.at(f"{key}.mode", f"must be one of {', '.join(SUBSET_MODES)}, got {mode!r}")
     n = len(primary)
     if len(by) != n:
         raise ValueError(f"subset: primary has {n} labels but by has {len(by)}")
     if mode == "full":
         return list(range(n))
-    for key, v in (("per_cell", per_cell), ("major", major), ("minor", minor)):
+    for cell_key, v in (("per_cell", per_cell), ("major", major), ("minor", minor)):
         if not isinstance(v, int) or v < 0:
-            raise ValueError(f"subset.{key}: must be an integer >= 0, got {v!r}")
+            raise ConfigError.at(f"{key}.{cell_key}", f"must be an integer >= 0, got {v!r}")
     c_p = _num_classes(primary, primary_names, "subset.primary_names")
     c_b = _num_classes(by, by_names, "subset.by_names")
     cells: dict[tuple[int, int], list[int]] = {(i, j): [] for i in range(c_p) for j in range(c_b)}
@@ -458,16 +449,13 @@ def select_subset(
 
     short = []
     for (i, j), rows in cells.items():
-        want, key = need(i, j)
+        want, cell_key = need(i, j)
         if len(rows) < want:
-            short.append(
-                f"subset: cell primary={name(primary_names, i)} x by={name(by_names, j)} has {len(rows)} images, "
-                f"{mode} needs {want} (lower subset.{key})"
-            )
+            short.append(Problem(key, f"cell primary={name(primary_names, i)} x by={name(by_names, j)} has "
+                                      f"{len(rows)} images, {mode} needs {want} (lower {key}.{cell_key})"))
     if short:
-        raise ValueError(
-            f"subset: {len(short)} of {len(cells)} cells are too small for mode={mode}:\n" + "\n".join(short)
-        )
+        raise ConfigError([Problem(key, f"{len(short)} of {len(cells)} cells are too small for mode={mode}"),
+                           *short])
     generator = torch.Generator().manual_seed(seed)
     chosen: list[int] = []
     for (i, j), rows in cells.items():

@@ -1,7 +1,8 @@
 """Backbones (SonoNet family, SA-SonoNet, torchvision ResNet-18/50) and the multi-head LightningModule.
 
 ``BACKBONES`` is the SonoNet factories (:mod:`~wsca_lightning.models.sononet`); every name ``backbone.name`` accepts
-is in ``BACKBONE_NAMES`` / ``BACKBONE_REGISTRY`` (:mod:`~wsca_lightning.models.backbones`).
+is in ``BACKBONE_NAMES`` / ``BACKBONE_REGISTRY`` (:mod:`~wsca_lightning.models.backbones`). Pretrained weights of
+every backbone load through :mod:`~wsca_lightning.models.weights` (strict key check, one first-conv adapter).
 """
 
 from wsca_lightning.models.backbones import (

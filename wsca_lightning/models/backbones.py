@@ -17,11 +17,10 @@ Every backbone offers ``forward_features(x) -> (B, C, h, w)`` and ``out_channels
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from wsca_lightning.models.resnet import (
     RESNET_DOWNSAMPLING,
@@ -37,6 +36,7 @@ from wsca_lightning.models.sononet import (
     check_input_size,
     load_sononet_weights,
 )
+from wsca_lightning.models.weights import WeightSource
 
 __all__ = [
     "BACKBONE_NAMES",
@@ -45,8 +45,6 @@ __all__ = [
     "build_backbone",
     "load_backbone_weights",
 ]
-
-WeightSource = Mapping[str, Tensor] | str | os.PathLike
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,12 @@ class BackboneSpec:
         family: ``sononet`` or ``resnet``.
         downsampling: total stride of the feature map (16 or 32).
         adaptation_map: whether ``embedding: adaptation_map`` is available (SonoNet's 1x1 adaptation head).
-        check_input_size: ``(height, width) -> None``, raises ``ValueError`` naming the size when it does not fit.
+        check_input_size: ``(height, width) -> None``, raises :class:`~wsca_lightning.problems.ConfigError` (one
+            problem, no key) naming the size when it does not fit.
         build: ``(in_channels, adaptation_channels) -> nn.Module`` (``adaptation_channels`` only for SonoNet).
-        load_weights: ``(model, state dict or path) -> None``, strict, loads nothing on failure.
+        load_weights: ``(model, state dict or path) -> None``, strict, loads nothing on failure; a pretrained first
+            conv with other input channels goes through the backbone's
+            :class:`~wsca_lightning.models.weights.FirstConvAdapter`.
     """
 
     family: str

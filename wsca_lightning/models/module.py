@@ -34,8 +34,9 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
-from wsca_lightning.plain import to_plain
 from wsca_lightning.models.backbones import BACKBONE_NAMES, BACKBONE_REGISTRY
+from wsca_lightning.plain import is_int, to_plain
+from wsca_lightning.problems import ConfigError, Problem, raise_if
 from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
 
 EMBEDDINGS: tuple[str, ...] = ("pooled", "adaptation_map")
@@ -86,8 +87,10 @@ class MultiHeadModule(L.LightningModule):
     """SonoNet or ResNet backbone + one primary head + metadata heads, trained with per-head masked losses.
 
     Args:
-        backbone: ``{"name": one of BACKBONE_NAMES, "in_channels": int, "pretrained": path|None}``
+        backbone: ``{"name": one of BACKBONE_NAMES, "in_channels": int|None, "pretrained": path|None}``
             (``sononet16``/``32``/``64``, ``resnet18``, ``resnet50``; :mod:`wsca_lightning.models.backbones`);
+            the backbone takes ``input_shape[0]`` channels, and an ``in_channels`` other than ``None`` must agree
+            with it;
             ``pretrained`` is a state dict in the public SonoNet layout (features only are loaded) or, for a
             ResNet, in torchvision's layout (``fc.*`` ignored, an RGB ``conv1`` summed over RGB).
         tasks: task specs as dicts (:meth:`TaskSpec.to_dict`), usually ``datamodule.task_specs``.
@@ -131,11 +134,11 @@ class MultiHeadModule(L.LightningModule):
         specs = [TaskSpec.from_dict(t) for t in tasks]
         names = [s.name for s in specs]
         primary = names[0] if primary is None and names else primary
-        self._validate(backbone, specs, input_shape, primary, embedding, head_mode, loss_weights, optimizer)
-        if channels_last is not None and not isinstance(channels_last, bool):
-            raise ValueError(f"channels_last: must be true, false or null (on CUDA only), got {channels_last!r}")
-        if not isinstance(compile_backbone, bool):
-            raise ValueError(f"compile_backbone: must be true or false, got {compile_backbone!r}")
+        raise_if(self._problems(backbone, specs, input_shape, primary, embedding, head_mode, loss_weights, optimizer,
+                                channels_last, compile_backbone))
+        if "in_channels" in backbone and backbone["in_channels"] is None:
+            # null follows the data; saved resolved, so the checkpoint's hparams name the model it holds
+            backbone["in_channels"] = input_shape[0]
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -208,7 +211,7 @@ class MultiHeadModule(L.LightningModule):
             self._compiled_forward = torch.compile(self._backbone_maps)
 
     @staticmethod
-    def _validate(
+    def _problems(
         backbone: dict,
         specs: list[TaskSpec],
         input_shape: list[int],
@@ -217,68 +220,82 @@ class MultiHeadModule(L.LightningModule):
         head_mode: str,
         loss_weights: dict,
         optimizer: dict,
-    ) -> None:
-        """Collect every configuration problem and raise them together, each naming its key."""
-        problems: list[str] = []
+        channels_last: Any,
+        compile_backbone: Any,
+    ) -> list[Problem]:
+        """Every configuration problem, each keyed by the argument it concerns (raised together by ``__init__``)."""
+        problems: list[Problem] = []
         names = [s.name for s in specs]
         for key in backbone:
             if key not in BACKBONE_KEYS:
-                problems.append(f"backbone.{key}: unknown key; valid keys: {', '.join(BACKBONE_KEYS)}")
+                problems.append(Problem(f"backbone.{key}", f"unknown key; valid keys: {', '.join(BACKBONE_KEYS)}"))
         backbone_name = backbone.get("name")
         spec = BACKBONE_REGISTRY.get(backbone_name) if isinstance(backbone_name, str) else None
         if spec is None:
-            problems.append(f"backbone.name: {backbone_name!r} is not one of {', '.join(BACKBONE_NAMES)}")
+            problems.append(Problem("backbone.name", f"{backbone_name!r} is not one of {', '.join(BACKBONE_NAMES)}"))
+        in_channels = backbone.get("in_channels")
+        if in_channels is not None and not is_int(in_channels):
+            problems.append(Problem("backbone.in_channels",
+                                    f"must be an integer, or null for the data's channels; got {in_channels!r}"))
         if len(input_shape) != 3:
-            problems.append(f"input_shape: expected (channels, height, width), got {input_shape}")
+            problems.append(Problem("input_shape", f"expected (channels, height, width), got {input_shape}"))
         else:
-            if "in_channels" in backbone and int(backbone["in_channels"]) != input_shape[0]:
-                problems.append(
-                    f"backbone.in_channels: {backbone['in_channels']} but the data gives {input_shape[0]}-channel "
-                    "inputs; make them agree (model=sa_sononet32 expects 8: image + 5 segmentation maps + 2 spacing)"
-                )
+            if is_int(in_channels) and in_channels != input_shape[0]:
+                problems.append(Problem(
+                    "backbone.in_channels",
+                    f"{in_channels} but the data gives {input_shape[0]}-channel inputs (data.in_channels); make them "
+                    "agree (model=sa_sononet32 expects 8: image + 5 segmentation maps + 2 spacing)",
+                ))
             try:
                 if spec is not None:
                     spec.check_input_size(input_shape[1], input_shape[2])
-            except ValueError as err:
-                problems.append(f"input_shape: {err}")
+            except ConfigError as err:
+                problems.extend(p.under("input_shape") for p in err.problems)
         if not specs:
-            problems.append("tasks: at least the primary task is needed")
+            problems.append(Problem("tasks", "at least the primary task is needed"))
         if len(set(names)) != len(names):
-            problems.append(f"tasks: duplicate task names in {names}")
+            problems.append(Problem("tasks", f"duplicate task names in {names}"))
         reserved = [n for n in names if hasattr(nn.ModuleDict(), n)]
         if reserved:
-            problems.append(f"tasks: names {reserved} clash with torch.nn.ModuleDict attributes; rename those heads")
+            problems.append(Problem("tasks", f"names {reserved} clash with torch.nn.ModuleDict attributes; rename "
+                                             "those heads"))
         if names and primary not in names:
-            problems.append(f"primary: {primary!r} is not a task; tasks: {', '.join(names)}")
+            problems.append(Problem("primary", f"{primary!r} is not a task; tasks: {', '.join(names)}"))
         if embedding not in EMBEDDINGS:
-            problems.append(f"embedding: must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}")
+            problems.append(Problem("embedding", f"must be one of {', '.join(EMBEDDINGS)}, got {embedding!r}"))
         elif embedding == "adaptation_map" and spec is not None and not spec.adaptation_map:
             sononets = ", ".join(n for n, s in BACKBONE_REGISTRY.items() if s.adaptation_map)
-            problems.append(
-                f"embedding: adaptation_map needs a backbone with SonoNet's adaptation head ({sononets}); "
-                f"backbone.name {backbone_name!r} has none: use embedding: pooled"
-            )
+            problems.append(Problem(
+                "embedding",
+                f"adaptation_map needs a backbone with SonoNet's adaptation head ({sononets}); "
+                f"backbone.name {backbone_name!r} has none: use embedding: pooled",
+            ))
         if head_mode not in HEAD_MODES:
-            problems.append(f"head_mode: must be one of {', '.join(HEAD_MODES)}, got {head_mode!r}")
+            problems.append(Problem("head_mode", f"must be one of {', '.join(HEAD_MODES)}, got {head_mode!r}"))
         for name, weight in loss_weights.items():
             if name not in names:
-                problems.append(f"loss_weights.{name}: unknown head; heads: {', '.join(names)}")
+                problems.append(Problem(f"loss_weights.{name}", f"unknown head; heads: {', '.join(names)}"))
             elif not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-                problems.append(f"loss_weights.{name}: must be a number >= 0, got {weight!r}")
+                problems.append(Problem(f"loss_weights.{name}", f"must be a number >= 0, got {weight!r}"))
         for key in optimizer:
             if key not in OPTIMIZER_KEYS:
-                problems.append(f"optimizer.{key}: unknown key; valid keys: {', '.join(OPTIMIZER_KEYS)}")
+                problems.append(Problem(f"optimizer.{key}", f"unknown key; valid keys: {', '.join(OPTIMIZER_KEYS)}"))
         if optimizer.get("name") not in OPTIMIZERS:
-            problems.append(f"optimizer.name: must be one of {', '.join(OPTIMIZERS)}, got {optimizer.get('name')!r}")
+            problems.append(Problem("optimizer.name",
+                                    f"must be one of {', '.join(OPTIMIZERS)}, got {optimizer.get('name')!r}"))
         if not isinstance(optimizer.get("lr"), (int, float)) or optimizer.get("lr", 0) < 0:
-            problems.append(f"optimizer.lr: must be a number >= 0, got {optimizer.get('lr')!r}")
+            problems.append(Problem("optimizer.lr", f"must be a number >= 0, got {optimizer.get('lr')!r}"))
         if "momentum" in optimizer and optimizer.get("name") != "sgd":
-            problems.append("optimizer.momentum: only used by name=sgd")
+            problems.append(Problem("optimizer.momentum", "only used by name=sgd"))
         if optimizer.get("schedule", "constant") not in SCHEDULES:
-            problems.append(f"optimizer.schedule: must be one of {', '.join(SCHEDULES)}, got "
-                            f"{optimizer.get('schedule')!r}")
-        if problems:
-            raise ValueError("\n".join(problems))
+            problems.append(Problem("optimizer.schedule",
+                                    f"must be one of {', '.join(SCHEDULES)}, got {optimizer.get('schedule')!r}"))
+        if channels_last is not None and not isinstance(channels_last, bool):
+            problems.append(Problem("channels_last", f"must be true, false or null (on CUDA only), got "
+                                                     f"{channels_last!r}"))
+        if not isinstance(compile_backbone, bool):
+            problems.append(Problem("compile_backbone", f"must be true or false, got {compile_backbone!r}"))
+        return problems
 
     def _is_fixed(self, task: str) -> bool:
         return self._fixed_primary and task == self.primary_task

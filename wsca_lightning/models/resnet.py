@@ -23,16 +23,17 @@ torchvision's ImageNet weights were trained on RGB inputs normalised with the Im
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
-from wsca_lightning.models.sononet import _read_state_dict, integer_sides, key_problems
+from wsca_lightning.models.sononet import input_size_problem, integer_sides
+from wsca_lightning.models.weights import FirstConvAdapter, WeightSource, load_checked, read_state_dict
+from wsca_lightning.problems import ConfigError
 
 __all__ = [
+    "FIRST_CONV",
     "RESNETS",
     "RESNET_DOWNSAMPLING",
     "RESNET_MIN_SIZE",
@@ -55,21 +56,20 @@ RESNET_DOWNSAMPLING: int = 32
 #: Smallest height / width accepted: at least one full 32x32 receptive tile.
 RESNET_MIN_SIZE: int = 32
 
-_FIRST_CONV = "conv1.weight"
-_RGB = 3
+#: torchvision's conv1 takes RGB; a model with other input channels gets the filters summed over RGB in its image
+#: channel and zeros in the others (load_resnet_weights).
+FIRST_CONV = FirstConvAdapter("conv1.weight", file_channels=3, other_channels="zero")
 # torchvision's layout, in order; avgpool and fc are dropped.
 _STEM_AND_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 def check_resnet_input_size(height: int, width: int) -> None:
-    """Raise ``ValueError`` unless ``height`` and ``width`` are integers >= 32 (ResNet downsamples 32x; any such
-    size works because the feature map is average-pooled)."""
-    problems = []
-    for name, value in integer_sides(height, width):
-        if value < RESNET_MIN_SIZE:
-            problems.append(f"{name} {value} must be >= {RESNET_MIN_SIZE} (ResNet downsamples {RESNET_DOWNSAMPLING}x)")
-    if problems:
-        raise ValueError(f"image size {[height, width]}: " + "; ".join(problems))
+    """Raise :class:`~wsca_lightning.problems.ConfigError` (a ``ValueError``) unless ``height`` and ``width`` are
+    integers >= 32 (ResNet downsamples 32x; any such size works because the feature map is average-pooled)."""
+    sides = [f"{name} {value} must be >= {RESNET_MIN_SIZE} (ResNet downsamples {RESNET_DOWNSAMPLING}x)"
+             for name, value in integer_sides(height, width) if value < RESNET_MIN_SIZE]
+    if sides:
+        raise ConfigError(input_size_problem(height, width, sides))
 
 
 class ResNetBackbone(nn.Module):
@@ -128,7 +128,7 @@ def build_resnet(name: str, in_channels: int = 1) -> ResNetBackbone:
     return ResNetBackbone(name, in_channels)
 
 
-def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike) -> None:
+def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: WeightSource) -> None:
     """Load a torchvision-layout ResNet state dict into ``model``, in place.
 
     The source is a state dict or a path to one, e.g. ``torch.save(torchvision.models.resnet50(weights=...)
@@ -138,7 +138,7 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, 
     ``num_batches_tracked`` may be absent; the model then keeps its own) and every file key must be in the model,
     with equal shapes.
 
-    First conv: when the file's ``conv1.weight`` has 3 (RGB) input channels and the model's does not, the file's
+    First conv (:data:`FIRST_CONV`): when the file's ``conv1.weight`` has 3 (RGB) input channels and the model's does not, the file's
     filters are summed over RGB into one filter ``w.sum(dim=1)``, which gives a grayscale image the activation
     the pretrained network gives that image replicated to RGB. A 1-channel model gets the summed filter; a wider
     model (e.g. 8 channels: image + segmentation maps + spacing planes) gets it in input channel 0, the image, and
@@ -149,34 +149,10 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: Mapping[str, 
     shape"), at most 10 of each kind with counts; everything is checked before anything is copied, so a failed
     load leaves ``model`` unchanged. A missing file raises ``FileNotFoundError``.
     """
-    state, where = _read_state_dict(state_dict_or_path)
+    state, where = read_state_dict(state_dict_or_path)
     file_state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    model_state = model.state_dict()
-
-    sum_rgb = False
-    mismatched = []
-    for key, value in file_state.items():
-        if key not in model_state or value.shape == model_state[key].shape:
-            continue
-        target = model_state[key].shape
-        if (key == _FIRST_CONV and value.dim() == 4 and value.shape[1] == _RGB
-                and (value.shape[0], *value.shape[2:]) == (target[0], *target[2:])):
-            sum_rgb = True
-            continue
-        mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target)}")
-    problems = key_problems(model_state, file_state, mismatched)
-    if problems:
-        raise ValueError(
-            f"cannot load ResNet weights from {where} into {model.name} (in_channels={model.in_channels}; "
-            "torchvision layout, fc.* ignored): " + "; ".join(problems)
-        )
-
-    # model.state_dict() tensors share storage with the parameters and buffers, so copy_ writes into the model.
-    with torch.no_grad():
-        for key, value in file_state.items():
-            target = model_state[key]
-            if key == _FIRST_CONV and sum_rgb:
-                target.zero_()
-                target[:, :1].copy_(value.sum(dim=1, keepdim=True))
-            else:
-                target.copy_(value)
+    load_checked(
+        model.state_dict(), file_state, FIRST_CONV,
+        f"cannot load ResNet weights from {where} into {model.name} (in_channels={model.in_channels}; "
+        "torchvision layout, fc.* ignored)",
+    )

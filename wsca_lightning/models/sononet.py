@@ -16,20 +16,23 @@ embeds the un-pooled K x h x w map.
 from __future__ import annotations
 
 import operator
-import os
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
+
+from wsca_lightning.models.weights import FirstConvAdapter, WeightSource, load_checked, read_state_dict
+from wsca_lightning.problems import ConfigError, Problem
 
 __all__ = [
     "BACKBONES",
     "DOWNSAMPLING",
+    "FIRST_CONV",
     "SONONET_WIDTHS",
     "SonoNet",
     "build_sononet",
     "check_input_size",
+    "input_size_problem",
+    "integer_sides",
     "load_sononet_weights",
     "sa_sononet32",
     "sononet16",
@@ -45,8 +48,9 @@ DOWNSAMPLING: int = 16
 _BLOCKS: tuple[tuple[int, int], ...] = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))
 # SonoNet's BatchNorm eps; the public weights' running statistics were estimated with it.
 _BN_EPS = 1e-4
-_FIRST_CONV = "features.0.0.0.weight"
-_MAX_LISTED = 10
+#: The public files' first conv is grayscale (1 input channel); a wider model (SA-SonoNet's 8) gets the filters in
+#: its image channel and keeps its own initialisation in the others (load_sononet_weights).
+FIRST_CONV = FirstConvAdapter("features.0.0.0.weight", file_channels=1, other_channels="keep")
 
 
 def integer_sides(height: int, width: int) -> list[tuple[str, int]]:
@@ -62,25 +66,32 @@ def integer_sides(height: int, width: int) -> list[tuple[str, int]]:
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ``ValueError`` unless both ``height`` and ``width`` are positive multiples of 16.
+    """Raise :class:`~wsca_lightning.problems.ConfigError` (a ``ValueError``) unless both ``height`` and ``width``
+    are positive multiples of 16.
 
     SonoNet has four 2x max-pools; any other size would be silently floored, and the feature map would no longer
-    line up with the image. The message names the offending size and suggests the nearest valid sizes.
+    line up with the image. The message names the offending size and suggests the nearest valid sizes; it is one
+    problem without a key, which the caller keys (the module reports it at ``input_shape``).
     """
-    problems = []
+    sides = []
     for name, value in integer_sides(height, width):
         if value <= 0:
-            problems.append(f"{name} {value} must be a positive multiple of {DOWNSAMPLING}")
+            sides.append(f"{name} {value} must be a positive multiple of {DOWNSAMPLING}")
         elif value % DOWNSAMPLING:
             lower = value // DOWNSAMPLING * DOWNSAMPLING
             upper = lower + DOWNSAMPLING
             candidates = sorted((c for c in (upper, lower) if c > 0), key=lambda c: (abs(c - value), -c))
-            problems.append(
+            sides.append(
                 f"{name} {value} is not divisible by {DOWNSAMPLING} (SonoNet has four 2x max-pools); "
                 f"use {' or '.join(str(c) for c in candidates)}"
             )
-    if problems:
-        raise ValueError(f"image size {[height, width]}: " + "; ".join(problems))
+    if sides:
+        raise ConfigError(input_size_problem(height, width, sides))
+
+
+def input_size_problem(height: int, width: int, sides: list[str]) -> Problem:
+    """One problem for an image size that does not fit a backbone: ``image size [h, w]: <side>; <side>``."""
+    return Problem("", f"image size {[height, width]}: " + "; ".join(sides))
 
 
 def _conv_unit(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -219,58 +230,9 @@ def build_sononet(name: str, in_channels: int = 1, adaptation_channels: int | No
     return BACKBONES[name](in_channels=in_channels, adaptation_channels=adaptation_channels)
 
 
-def _read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict[str, Tensor], str]:
-    """The state dict as a plain dict and a short description of where it came from (for error messages)."""
-    if isinstance(source, (str, os.PathLike)):
-        where = f"file {os.fspath(source)!r}"
-        try:
-            # weights_only: a weight file is data, never code to run.
-            loaded = torch.load(source, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as error:  # unpickling errors come in several types depending on the content
-            raise ValueError(f"{where} is not a readable PyTorch state dict: {type(error).__name__}: {error}") from error
-    else:
-        where = "the given state dict"
-        loaded = source
-    if isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{where} is not a state dict (a mapping of names to tensors), got {type(loaded).__name__}")
-    bad = [k for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if not loaded or bad:
-        detail = f"entries that are not name -> tensor: {_listing(bad)}" if bad else "it is empty"
-        raise ValueError(f"{where} is not a state dict of tensors: {detail}")
-    return dict(loaded), where
-
-
-def key_problems(
-    model_state: Mapping[str, Any], file_state: Mapping[str, Any], mismatched: Sequence[str] = ()
-) -> list[str]:
-    """The ``missing keys: ...`` / ``unexpected keys: ...`` / ``shape mismatches: ...`` lines of a strict load
-    (public files may lack ``num_batches_tracked``; ``mismatched`` are ``"key: file ... vs model ..."`` lines)."""
-    missing = [k for k in model_state if k not in file_state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in file_state if k not in model_state]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        more = f"; ... ({len(mismatched)} in total)" if len(mismatched) > _MAX_LISTED else ""
-        problems.append(f"shape mismatches: {'; '.join(mismatched[:_MAX_LISTED])}{more}")
-    return problems
-
-
-def _listing(keys: list[Any]) -> str:
-    shown = ", ".join(repr(k) for k in keys[:_MAX_LISTED])
-    more = f", ... ({len(keys)} in total)" if len(keys) > _MAX_LISTED else f" ({len(keys)} in total)"
-    return shown + more
-
-
 def load_sononet_weights(
     model: SonoNet,
-    state_dict_or_path: Mapping[str, Tensor] | str | os.PathLike,
+    state_dict_or_path: WeightSource,
     *,
     include_adaptation: bool | None = None,
 ) -> None:
@@ -287,9 +249,9 @@ def load_sononet_weights(
     keys; ``False`` ignores the file's ``adaption.*`` keys and leaves the model's head (if any) untouched, which is
     how to start a K=1 head from a K=14 file.
 
-    First-conv widening: when the file's first conv ``features.0.0.0.weight`` has 1 input channel and the model's
-    has more (SA-SonoNet's 8), the pretrained filters are copied into input channel 0, the grayscale image, and the
-    other input channels keep their initialisation. We do not rescale or replicate the filters into the extra
+    First-conv widening (:data:`FIRST_CONV`): when the file's first conv ``features.0.0.0.weight`` has 1 input
+    channel and the model's has more (SA-SonoNet's 8), the pretrained filters are copied into input channel 0, the
+    grayscale image, and the other input channels keep their initialisation. We do not rescale or replicate the filters into the extra
     channels: channel 0 then responds to the image exactly as the pretrained network did, and the segmentation /
     spacing channels start as freshly initialised inputs that training learns to use.
 
@@ -297,7 +259,7 @@ def load_sononet_weights(
     for shape mismatches ("key: file shape vs model shape"); everything is validated before anything is copied, so
     a failed load leaves ``model`` unchanged.
     """
-    state, where = _read_state_dict(state_dict_or_path)
+    state, where = read_state_dict(state_dict_or_path)
     has_head = model.adaption is not None
     file_has_head = any(k.startswith("adaption.") for k in state)
     if include_adaptation is None:
@@ -313,33 +275,9 @@ def load_sononet_weights(
 
     model_state = {k: v for k, v in model.state_dict().items() if wanted(k)}
     file_state = {k: v for k, v in state.items() if not (k.startswith("adaption.") and not include_adaptation)}
-
-    widen_first_conv = False
-    mismatched = []
-    for key, value in file_state.items():
-        if key not in model_state:
-            continue
-        target = model_state[key].shape
-        if value.shape == target:
-            continue
-        if key == _FIRST_CONV and value.dim() == 4 and value.shape[1] == 1 and target[1] > 1:
-            if (value.shape[0], *value.shape[2:]) == (target[0], *target[2:]):
-                widen_first_conv = True
-                continue
-        mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target)}")
-    problems = key_problems(model_state, file_state, mismatched)
-    if problems:
-        raise ValueError(
-            f"cannot load SonoNet weights from {where} into SonoNet-{model.width} "
-            f"(in_channels={model.in_channels}, adaptation_channels={model.adaptation_channels}, "
-            f"include_adaptation={include_adaptation}): " + "; ".join(problems)
-        )
-
-    # model.state_dict() tensors share storage with the parameters and buffers, so copy_ writes into the model.
-    with torch.no_grad():
-        for key, value in file_state.items():
-            target = model_state[key]
-            if key == _FIRST_CONV and widen_first_conv:
-                target[:, :1].copy_(value)
-            else:
-                target.copy_(value)
+    load_checked(
+        model_state, file_state, FIRST_CONV,
+        f"cannot load SonoNet weights from {where} into SonoNet-{model.width} "
+        f"(in_channels={model.in_channels}, adaptation_channels={model.adaptation_channels}, "
+        f"include_adaptation={include_adaptation})",
+    )

@@ -45,7 +45,7 @@ The test is an intersection of three tests, ``p = max(p_permutation, p_deconfoun
   (:func:`~wsca_lightning.wsc.null.blind_primary_null`): what a primary head that *cannot* use the metadata shows
   when metadata and label share the embedding's dominant directions.
 
-Each part alone fails a null scenario of the calibration suite (``benchmarks/calibration.py``, README
+Each part alone fails a null scenario of the calibration suite (``benchmarks/calibration.py``, docs/method.md,
 "Calibration"): permuted-label probes point into the embedding's low-variance directions, so an encoded or
 label-associated column looks aligned (H0a, H0b); refitted blind probes are smoother than trained heads, so the
 blind part alone is anti-conservative for multitask heads. "Significant" needs all three below alpha, so the level
@@ -65,6 +65,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from wsca_lightning.problems import Problem
 
 from .analysis import TaskCorrelation, plain_float
 from .null import NullResult, blind_primary_null, permutation_null
@@ -122,14 +124,14 @@ class AnalysisSettings:
     k_values: tuple[int, ...] = ()
     decision: str = "calibrated"
 
-    def problems(self) -> list[str]:
-        """Every invalid field as ``"<field>: <what is wrong>"`` (empty when valid)."""
-        out: list[str] = []
+    def problems(self) -> list[Problem]:
+        """Every invalid field, keyed by the field's name (empty when valid)."""
+        out: list[Problem] = []
 
         def integer(name: str, low: int) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                out.append(f"{name}: must be an integer >= {low}, got {value!r}")
+                out.append(Problem(name, f"must be an integer >= {low}, got {value!r}"))
 
         def number(name: str, low: float, high: float, *, closed_low: bool = False, closed_high: bool = False) -> None:
             value = getattr(self, name)
@@ -138,13 +140,13 @@ class AnalysisSettings:
                 ok = (value >= low if closed_low else value > low) and (value <= high if closed_high else value < high)
             if not ok:
                 bounds = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
-                out.append(f"{name}: must be a number in {bounds}, got {value!r}")
+                out.append(Problem(name, f"must be a number in {bounds}, got {value!r}"))
 
         integer("k_min", 1)
         number("var_threshold", 0.0, 1.0, closed_high=True)
         integer("num_permutations", 0)
         if self.num_permutations == 1:
-            out.append("num_permutations: must be 0 (no null) or >= 2 (the null needs a spread), got 1")
+            out.append(Problem("num_permutations", "must be 0 (no null) or >= 2 (the null needs a spread), got 1"))
         integer("stop_after_exceedances", 0)
         number("holdout_fraction", 0.0, 1.0)
         number("l2", 0.0, math.inf, closed_low=True)
@@ -154,15 +156,15 @@ class AnalysisSettings:
         number("ci_level", 0.0, 1.0)
         number("auroc_floor", 0.0, 1.0, closed_low=True)
         if not isinstance(self.deconfound, bool):
-            out.append(f"deconfound: must be true or false, got {self.deconfound!r}")
+            out.append(Problem("deconfound", f"must be true or false, got {self.deconfound!r}"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            out.append(f"seed: must be an integer, got {self.seed!r}")
+            out.append(Problem("seed", f"must be an integer, got {self.seed!r}"))
         if not isinstance(self.k_values, tuple) or not all(
             isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.k_values
         ):
-            out.append(f"k_values: must be a list of integers >= 1, got {self.k_values!r}")
+            out.append(Problem("k_values", f"must be a list of integers >= 1, got {self.k_values!r}"))
         if self.decision not in DECISIONS:
-            out.append(f"decision: must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
+            out.append(Problem("decision", f"must be one of {', '.join(DECISIONS)}, got {self.decision!r}"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -435,7 +437,7 @@ def analyze_embeddings(
     settings = settings or AnalysisSettings()
     problems = settings.problems()
     if problems:
-        raise ValueError("invalid analysis settings:\n" + "\n".join(problems))
+        raise ValueError("invalid analysis settings:\n" + "\n".join(map(str, problems)))
     head_weights = dict(head_weights or {})
     _check_inputs(embeddings, primary_weight, labels, num_classes, head_weights, primary_labels)
     if (holdout_embeddings is None) != (holdout_labels is None):

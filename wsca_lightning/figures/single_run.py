@@ -1,58 +1,31 @@
-"""Figures for the WSC callback: a per-epoch heatmap of head-vs-probe cosines and a history of max |cos| and loss.
+"""The figures of one run: the per-epoch heatmap of head-vs-metadata cosines and the history of max |cos| and loss.
 
-matplotlib is a core dependency (figures are part of the default output) but is imported lazily, only when a figure
-is drawn, so importing the package stays quick.
-
-Figures are built as ``matplotlib.figure.Figure`` objects directly, never through ``pyplot``: no backend is selected,
-no global figure registry is touched (an interactive user's backend and open windows are left alone, and a figure
-drawn in a training thread cannot leak), and so no ``plt.close`` is needed -- a figure is freed when its last
-reference goes. ``savefig`` picks a file-writing canvas (Agg for PNG) by itself.
-
-No Lightning or Hydra import here: the inputs are plain mappings, so the figures can be redrawn from a saved JSON.
+The callback draws them at epoch ends and fit end, ``wsca-analyze`` draws the heatmap; the report reuses the heatmap
+for its per-condition means. No Lightning or Hydra import here: the inputs are plain mappings, so the figures can be
+redrawn from a saved JSON.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsca_lightning.summary import decision_p
+from wsca_lightning.figures.canvas import load_matplotlib
+from wsca_lightning.summary import decision_p, task_header
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
-__all__ = ["heatmap_figure", "history_figure", "save_figure"]
+__all__ = ["heatmap_figure", "history_figure"]
 
 #: Colour range of the heatmap unless some |cos| is larger: probe-space cosines rarely exceed it, and a fixed
 #: range keeps epochs and runs comparable by eye.
 _DEFAULT_LIMIT = 0.5
 #: Step to which an expanded colour range is rounded up.
 _LIMIT_STEP = 0.05
-
-
-def _matplotlib() -> ModuleType:
-    """Import matplotlib and the submodules used here.
-
-    Deliberately no ``matplotlib.use``: ``Figure`` objects need no backend, so whatever backend a user chose (an
-    interactive one included) stays as it is.
-    """
-    import matplotlib
-    import matplotlib.colors
-    import matplotlib.figure
-    import matplotlib.lines
-    import matplotlib.ticker
-    import matplotlib.transforms
-
-    return matplotlib
-
-
-# --------------------------------------------------------------------------------------------------- heatmap
 
 
 def _color_limit(values: np.ndarray) -> float:
@@ -65,30 +38,17 @@ def _color_limit(values: np.ndarray) -> float:
     return max(rounded, largest)
 
 
-def _task_header(name: str, task: Mapping[str, Any]) -> str:
-    """Text above a task's column group: its name, max |cos|, permutation p (if any), and interpretability."""
-    lines = [name]
-    max_abs = task.get("max_abs")
-    if max_abs is not None:
-        lines.append(f"max|cos| {float(max_abs):.2f}")
-    p = decision_p(task)
-    if p is not None:
-        lines.append(f"p={float(p):.3g}")
-    if task.get("interpretable") is False:
-        lines.append("not interpretable")
-    return "\n".join(lines)
-
-
 def heatmap_figure(
     tasks: Mapping[str, Mapping[str, Any]], primary: str, *, title: str | None = None
 ) -> Figure:
     """One heatmap of signed cosines: primary classes (rows) against every metadata class, grouped by task.
 
-    ``tasks`` maps a metadata task to ``{"matrix", "rows", "cols", "interpretable", "null", "max_abs"}`` (see the
-    callback); all tasks share ``rows``. Putting every task in one image with one colour scale makes tasks directly
+    ``tasks`` maps a metadata task to ``{"matrix", "rows", "cols", "interpretable", "null", "max_abs"}`` (a summary
+    entry's task) and optionally ``"header"``, the text above its column group (default
+    :func:`wsca_lightning.summary.task_header`); all tasks share ``rows``. Putting every task in one image with one colour scale makes tasks directly
     comparable. NaN cells are drawn grey.
     """
-    mpl = _matplotlib()
+    mpl = load_matplotlib()
     if not tasks:
         raise ValueError("heatmap_figure needs at least one metadata task")
 
@@ -144,7 +104,7 @@ def heatmap_figure(
         ax.text(
             (start + stop - 1) / 2,
             1.02,
-            _task_header(name, task),
+            task.get("header") or task_header(name, task),
             transform=header,
             ha="center",
             va="bottom",
@@ -161,9 +121,6 @@ def heatmap_figure(
     colorbar.set_label("cos (projected)")
     fig.suptitle(title if title is not None else f"WSC: {primary} head vs metadata probes")
     return fig
-
-
-# --------------------------------------------------------------------------------------------------- history
 
 
 def _as_float(value: Any) -> float:
@@ -184,7 +141,7 @@ def history_figure(history: Sequence[Mapping[str, Any]], primary: str, *, alpha:
     training. Filled markers: ``p < alpha``; open markers: not significant or no null. A task whose last entry is not
     interpretable is drawn dotted.
     """
-    mpl = _matplotlib()
+    mpl = load_matplotlib()
     fig = mpl.figure.Figure(figsize=(11.0, 4.2), layout="constrained")
     ax_loss, ax_wsc = fig.subplots(1, 2, sharex=True)
     epochs = np.array([_as_float(entry.get("epoch")) for entry in history])
@@ -279,25 +236,3 @@ def history_figure(history: Sequence[Mapping[str, Any]], primary: str, *, alpha:
         ax.grid(alpha=0.3)
     fig.suptitle(f"WSC history: {primary}")
     return fig
-
-
-# --------------------------------------------------------------------------------------------------- saving
-
-
-def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` to ``path`` atomically (150 dpi, tight box), creating parent directories.
-
-    The image is written to ``<path>.partial<suffix>`` and renamed into place, so a reader (a file browser, a
-    dashboard, a crash mid-write) never sees half a file. The format follows ``path``'s suffix (PNG if none).
-    ``fig`` is a plain ``Figure``, not registered with pyplot, so there is nothing to ``plt.close`` afterwards.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = target.suffix or ".png"
-    partial = target.with_name(f"{target.name}.partial{suffix}")
-    try:
-        fig.savefig(partial, format=suffix.lstrip("."), dpi=150, bbox_inches="tight")
-        os.replace(partial, target)
-    finally:
-        if partial.exists():
-            partial.unlink()
