@@ -27,6 +27,7 @@ from wsca_lightning.summary import (
     SUMMARY_FILENAME,
     TABLE_FILENAME,
     analysis_entry,
+    summary_header,
     write_summary,
     write_table,
 )
@@ -174,7 +175,7 @@ def analyze_model(
     )
     entry = analysis_entry(analysis, list(class_names[primary]), {t: list(class_names[t]) for t in tasks})
     protocol = "probe_refit" if not metadata_heads else ("heads" if len(metadata_heads) == len(tasks) else "mixed")
-    return {"primary": primary, "protocol": protocol, **entry}
+    return {**summary_header(primary, protocol, None), **entry}
 
 
 def write_analysis(summary: Mapping[str, Any], directory: str | os.PathLike[str], *, plots: bool = True,

@@ -41,6 +41,16 @@ def decision_p(task: Mapping[str, Any]) -> float | None:
     return null.get("p") if isinstance(null, Mapping) else task.get("p")
 
 
+def summary_header(primary: str, requested_protocol: str, head_mode: str | None) -> dict[str, Any]:
+    """The keys every ``wsc_summary.json`` starts with, whoever wrote it (the callback, ``wsca-analyze``,
+    :func:`wsca_lightning.posthoc.analyze_model`): the primary task; ``protocol``, what the metadata directions
+    compared were (``probe_refit``: probes refitted on the embeddings; otherwise the model's own heads, named by
+    how they were trained: ``multitask``, ``probe_online``, or ``heads``/``mixed`` for a model without that
+    notion); and ``head_mode``, the model's head training (``None`` for a model that does not say)."""
+    protocol = "probe_refit" if requested_protocol == "probe_refit" else (head_mode or requested_protocol)
+    return {"primary": primary, "protocol": protocol, "head_mode": head_mode}
+
+
 def analysis_entry(
     analysis: WSCAnalysis,
     primary_rows: Sequence[str],

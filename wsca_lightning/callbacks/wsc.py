@@ -78,7 +78,7 @@ from wsca_lightning.epoch_analysis.outputs import EpochOutputs, check_output_pat
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.plain import is_int
 from wsca_lightning.problems import ConfigError, Problem, raise_if
-from wsca_lightning.summary import history_tasks
+from wsca_lightning.summary import history_tasks, summary_header
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis
 
 __all__ = ["PendingAnalysis", "WeightSpaceCorrelation"]
@@ -360,9 +360,7 @@ class WeightSpaceCorrelation(Callback):
     @property
     def protocol_name(self) -> str:
         """What the observed metadata directions are: ``probe_refit``, or the module's head mode for ``heads``."""
-        if self.protocol == "probe_refit":
-            return "probe_refit"
-        return self._module_protocol or "heads"
+        return summary_header("", self.protocol, self._module_protocol)["protocol"]
 
     def evaluate(
         self,
@@ -672,9 +670,7 @@ class WeightSpaceCorrelation(Callback):
         if self.last_entry is None:
             raise RuntimeError("no epoch has been analysed yet")
         return {
-            "primary": primary,
-            "protocol": self.protocol_name,
-            "head_mode": self._module_protocol,
+            **summary_header(primary, self.protocol, self._module_protocol),
             **self.last_entry,
             "alarm": self._alarm.summary(),
             "history": self.history,

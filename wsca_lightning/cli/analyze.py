@@ -17,7 +17,7 @@ from wsca_lightning.cli.common import CONFIG_PATH, instantiate_node, launch, rep
 from wsca_lightning.epoch_analysis.evaluator import EpochEvaluator
 from wsca_lightning.problems import ConfigError, Problem
 from wsca_lightning.posthoc import load_checkpoint_module, write_analysis
-from wsca_lightning.summary import format_summary
+from wsca_lightning.summary import format_summary, summary_header
 from wsca_lightning.tasks import spec_differences
 
 SPLITS = ("train", "val")
@@ -68,9 +68,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     holdout = datamodule.val_dataset if cfg.split == "train" else None
     _, entry = evaluator.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
     summary = {
-        "primary": module.wsc_primary_task,
-        "protocol": "probe_refit" if evaluator.protocol == "probe_refit" else module.wsc_protocol,
-        "head_mode": module.wsc_protocol,
+        **summary_header(module.wsc_primary_task, evaluator.protocol, module.wsc_protocol),
         "checkpoint": str(cfg.checkpoint),
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
