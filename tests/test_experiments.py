@@ -36,9 +36,14 @@ CONDITIONS = {
                       "seed": [0, 1, 2, 3]},
     "shortcut_sweep": {"data.shortcut_strength": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "seed": [0, 1, 2]},
     "encodability": {"seed": [0, 1, 2, 3]},
+    "marker_shortcut": {"data.subset.mode": ["biased", "balanced"], "seed": [0, 1, 2]},
+    "repair_scanner": {"data.subset.mode": ["biased"], "model.head_mode": ["multitask"],
+                       "model.adversarial.tasks": [(), ("scanner",)], "seed": [0, 1, 2, 3]},
 }
 #: keys that follow the seed by interpolation (${seed}): a job's seed also draws its data and its analysis subset
 SEEDED = {"data.seed", "callbacks.wsc.seed"}
+#: keys that follow another key by interpolation: they may change with it, and must equal it
+FOLLOWS = {"callbacks.wsc.alarm.tasks": "model.adversarial.tasks"}
 
 
 def sweep_jobs(cfg: DictConfig) -> list[list[str]]:
@@ -106,7 +111,9 @@ def test_the_issue_experiments_are_all_there():
 
 def job_values(job: list[str]) -> dict[str, object]:
     """A job's overrides as typed values (``seed=2`` -> 2, ``data.shortcut_strength=0.2`` -> 0.2)."""
-    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(job)}
+    # lists as tuples, so that conditions are hashable
+    return {o.key_or_group: tuple(v) if isinstance(v := o.value(), list) else v
+            for o in OverridesParser.create().parse_overrides(job)}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -117,7 +124,9 @@ def test_each_sweep_runs_exactly_the_conditions_its_header_promises(name, compos
     assert sorted(tuple(job_values(job)[key] for key in conditions) for job in jobs) == sorted(expected)
     # and each job's composed config runs its condition (every distinct condition, and a second seed)
     for job, job_cfg in composed.items():
-        assert {key: OmegaConf.select(job_cfg, key) for key in conditions} == job_values(job.split()), job
+        selected = {key: OmegaConf.select(job_cfg, key) for key in conditions}
+        selected = {k: tuple(v) if OmegaConf.is_list(v) else v for k, v in selected.items()}
+        assert selected == job_values(job.split()), job
     # the job count the header states ("= 24 jobs", "8 jobs:")
     stated = re.search(r"(\d+) jobs", (EXPERIMENT_DIR / f"{name}.yaml").read_text())
     if stated:
@@ -136,7 +145,9 @@ def test_jobs_differ_only_in_the_swept_keys_and_the_seed(name, composed_sweeps):
         values = flat(job_cfg)
         assert values.keys() == reference.keys(), job
         changed = {key for key in values if values[key] != reference[key]}
-        assert changed <= allowed, job
+        followers = {key for key, source in FOLLOWS.items() if key in changed and source in allowed}
+        assert all(values[key] == values[FOLLOWS[key]] for key in followers), job
+        assert changed - followers <= allowed, job
         if "seed" in changed:
             assert {values[key] for key in SEEDED} == {values["seed"]}, job
 

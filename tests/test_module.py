@@ -137,6 +137,16 @@ def test_hyperparameters_are_plain_python_and_checkpoints_load_with_weights_only
     assert isinstance(rebuilt.configure_optimizers(), torch.optim.SGD)
 
 
+def test_adversarial_setting_is_plain_python_and_checkpoints_from_before_it_still_load():
+    from omegaconf import OmegaConf
+
+    module = make_module(adversarial=OmegaConf.create({"tasks": ["scanner"], "weight": 0.5}))
+    assert module.hparams["adversarial"] == {"tasks": ["scanner"], "weight": 0.5, "schedule": "dann", "gamma": 10.0}
+    assert type(module.hparams["adversarial"]["tasks"]) is list
+    older = {k: v for k, v in module.hparams.items() if k != "adversarial"}  # hparams saved before the option
+    assert MultiHeadModule(**older).adversarial_tasks == ()
+
+
 def test_epoch_metrics_are_macro_auroc_and_balanced_accuracy_over_the_whole_epoch():
     module = make_module()
     metrics = module.val_metrics["scanner"]

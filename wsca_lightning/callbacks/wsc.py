@@ -19,7 +19,12 @@ At the end of every training epoch (never in the sanity check) it
    ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (atomically, so a killed run keeps its last
    computed epoch), and the heatmap to every logger that takes figures (:mod:`wsca_lightning.tracking`: TensorBoard,
    MLflow, W&B), with the summary and table as files at fit end where the logger keeps files. At fit end it draws
-   ``wsc_over_epochs.png``: each task's WSC with its null band beside the loss curves.
+   ``wsc_over_epochs.png``: each task's WSC with its null band beside the loss curves;
+6. with ``attribution`` (off by default: it costs a backward pass per image, or ``steps`` with integrated
+   gradients), at fit end, on global rank zero: for every significant task of the last analysed epoch, when that
+   epoch is the final model's, the pixels that carry the direction the primary head shares with the task
+   (:mod:`wsca_lightning.attribution`) over the first images of the analysis subset, written to
+   ``attribution/<task>.{png,json,npz}`` and the figure to the loggers.
 
 Under DDP (any number of processes and nodes) each rank embeds a contiguous shard of the subset and the shards are
 gathered in order; the analysis runs on global rank zero and its plain-Python result is broadcast, so every rank
@@ -65,12 +70,14 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset
 
 from wsca_lightning.attach import BatchKey, MetadataFn
+from wsca_lightning.attribution import AttributionSettings
 from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
 from wsca_lightning.epoch_analysis.alarm import AlarmSettings, ShortcutAlarm
 from wsca_lightning.epoch_analysis.evaluator import (
     EmbeddedSubset,
     EpochEvaluator,
     analysis_view,
+    attribution_tasks,
     embed_dataset,
     head_classes,
 )
@@ -80,6 +87,7 @@ from wsca_lightning.plain import is_int
 from wsca_lightning.problems import ConfigError, Problem, raise_if
 from wsca_lightning.summary import history_tasks, summary_header
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis
+from wsca_lightning.wsc.shared_direction import SharedDirection
 
 __all__ = ["PendingAnalysis", "WeightSpaceCorrelation"]
 
@@ -186,6 +194,11 @@ class WeightSpaceCorrelation(Callback):
             |WSC| at those projection sizes (``k_sweep`` in the summary, the paper's Fig. 4); ``decision`` forms the
             verdict's p (``calibrated``, the default, or the old ``permutation``).
         alarm: ``{"tasks": [...], "action": "warn"|"stop", "alpha": 0.05, "patience": 3}`` (:class:`AlarmSettings`).
+        attribution: ``None`` (off, the default) or ``{"method": "gradient_x_input"|"integrated_gradients",
+            "steps": 32, "max_images": 64, "examples": 4, "tasks": None, "batch_size": 64}``
+            (:class:`~wsca_lightning.attribution.AttributionSettings`): at fit end, which pixels carry the direction
+            the primary head shares with each significant task (``tasks``: these instead, whatever their verdict;
+            significant: verdict p < ``alarm.alpha``), over the first ``max_images`` images of the analysis subset.
         dirpath: where files go (default ``<trainer.default_root_dir>/wsc``).
         save_matrices: write the per-epoch ``.npz`` files.
         save_plots: write heatmaps and the fit-end plot (needs matplotlib, the ``plots`` extra).
@@ -242,6 +255,7 @@ class WeightSpaceCorrelation(Callback):
         k_values: Sequence[int] = _ANALYSIS.k_values,
         decision: str = _ANALYSIS.decision,
         alarm: Mapping[str, Any] | None = None,
+        attribution: Mapping[str, Any] | None = None,
         dirpath: str | None = None,
         save_matrices: bool = True,
         save_plots: bool = True,
@@ -285,12 +299,18 @@ class WeightSpaceCorrelation(Callback):
         except ConfigError as err:
             problems += err.problems
             self.alarm = AlarmSettings()
+        try:
+            self.attribution = AttributionSettings.from_mapping(attribution)
+        except ConfigError as err:
+            problems += err.problems
+            self.attribution = None
         if self.alarm.tasks and num_permutations == 0:
             problems.append(Problem("alarm.tasks", "the alarm reads p-values; set num_permutations >= 2 (e.g. 100)"))
         if tasks is not None and not isinstance(tasks, str):
-            outside = [t for t in self.alarm.tasks if t not in tasks]
-            if outside:
-                problems.append(Problem("alarm.tasks", f"{outside} are not among tasks {list(tasks)}"))
+            for key, named in self._named_tasks().items():
+                outside = [t for t in named if t not in tasks]
+                if outside:
+                    problems.append(Problem(key, f"{outside} are not among tasks {list(tasks)}"))
         raise_if(problems)
         assert evaluator is not None
         #: embeds the subset and runs the analysis; ``wsca-analyze`` uses it without a Trainer
@@ -316,6 +336,17 @@ class WeightSpaceCorrelation(Callback):
         self._pending: PendingAnalysis | None = None  # computed epoch whose result is not in the history yet
         self._job: Future | None = None  # its analysis in the background thread (global rank zero only)
         self._executor: ThreadPoolExecutor | None = None
+        # for the fit-end attribution: the last analysed epoch's shared directions (set in the analysis's thread,
+        # read after fit end collected it) and the last epoch trained (whose weights the module holds at fit end)
+        self._directions: tuple[int, dict[str, SharedDirection]] | None = None
+        self._trained_epoch: int | None = None
+
+    def _named_tasks(self) -> dict[str, Sequence[str]]:
+        """Other settings that name metadata tasks, by key (checked like ``tasks``)."""
+        named: dict[str, Sequence[str]] = {"alarm.tasks": self.alarm.tasks}
+        if self.attribution is not None and self.attribution.tasks is not None:
+            named["attribution.tasks"] = self.attribution.tasks
+        return named
 
     @property
     def state_key(self) -> str:
@@ -337,7 +368,7 @@ class WeightSpaceCorrelation(Callback):
         """Validate the module against this callback's settings; returns the metadata tasks to analyse. Raises
         :class:`~wsca_lightning.problems.ConfigError` keyed ``tasks``, ``alarm.tasks`` or ``protocol`` (or unkeyed:
         the module as a whole), or ``TypeError`` for a module without the WSC interface."""
-        return self.evaluator.check_module(pl_module, named={"alarm.tasks": self.alarm.tasks})
+        return self.evaluator.check_module(pl_module, named=self._named_tasks())
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -384,6 +415,7 @@ class WeightSpaceCorrelation(Callback):
         # the previous computed epoch's result first (waiting for it if needed), so results arrive in epoch order
         self._collect(trainer, pl_module)
         epoch = trainer.current_epoch
+        self._trained_epoch = epoch
         is_last = _is_last_epoch(trainer)
         if (epoch + 1) % self.every_n_epochs != 0 and not is_last:
             return
@@ -516,9 +548,13 @@ class WeightSpaceCorrelation(Callback):
     def _run_analysis(self, pending: PendingAnalysis) -> tuple[dict[str, Any], dict[str, float]]:
         """The analysis and the epoch's files (global rank zero): the summary entry and how long each took."""
         start = time.perf_counter()
-        entry = self.evaluator.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset,
-                                             pending.holdout, task_classes=pending.task_classes)[1]
+        analysis, entry = self.evaluator.analyze_heads(pending.heads, pending.primary, pending.tasks, pending.subset,
+                                                       pending.holdout, task_classes=pending.task_classes)
         entry = {"epoch": pending.epoch, "global_step": pending.global_step, **entry}
+        if self.attribution is not None:  # one SVD per task: kept for every analysed epoch, used at fit end
+            tasks = attribution_tasks(entry, self.attribution, self.alarm.alpha)
+            self._directions = (pending.epoch, self.evaluator.shared_directions(
+                analysis, pending.heads[pending.primary].weight, tasks))
         analysed = time.perf_counter()
         self._files.write_epoch(entry, pending.primary, self.protocol_name)
         return entry, {"analysis": analysed - start, "files": time.perf_counter() - analysed}
@@ -686,6 +722,28 @@ class WeightSpaceCorrelation(Callback):
         self._files.write_fit_end(trainer.loggers, self.history, self.evaluator.reader(pl_module).wsc_primary_task,
                                   alpha=self.alarm.alpha, step=_epoch_end_step(trainer),
                                   has_entry=self.last_entry is not None)
+        self._write_attributions(trainer, pl_module)
+
+    def _write_attributions(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The fit-end attribution (global rank zero): the last analysed epoch's shared directions, attributed on
+        the final model, which must be that epoch's (a run stopped between analysed epochs is skipped, said)."""
+        if self.attribution is None or self._directions is None:
+            return
+        epoch, directions = self._directions
+        if epoch != self._trained_epoch:
+            rank_zero_warn(f"WeightSpaceCorrelation: no attribution: the last analysed epoch ({epoch}) is not the "
+                           f"final model's ({self._trained_epoch}); analyse the last checkpoint with wsca-analyze.")
+            return
+        loader = trainer.train_dataloader
+        if not directions or not isinstance(loader, DataLoader):
+            return
+        results = self.evaluator.attribute(
+            pl_module, loader.dataset, directions, self.attribution, collate_fn=loader.collate_fn,
+            to_device=lambda batch: trainer.strategy.batch_to_device(batch, pl_module.device))
+        classes = self.evaluator.tasks_and_classes(pl_module)[1]
+        self._files.write_attributions(trainer.loggers, results, self.evaluator.reader(pl_module).wsc_primary_task,
+                                       examples=self.attribution.examples, epoch=epoch,
+                                       step=_epoch_end_step(trainer), classes=classes)
 
     def _write_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last_entry is None or not trainer.is_global_zero:

@@ -3,7 +3,9 @@
 Loads the checkpoint with ``torch.load(weights_only=True)``, rebuilds the data, checks that the data's label spaces
 are the ones the model's heads were trained on, embeds the fixed subset of the chosen split and runs the same
 analysis as the training callback (its settings live under ``wsc``). Writes ``wsc_summary.json``, ``wsc_table.csv``
-and ``wsc_heatmap.png`` under ``wsc.dirpath`` (default ``<run dir>/wsc``).
+and ``wsc_heatmap.png`` under ``wsc.dirpath`` (default ``<run dir>/wsc``), and, with ``wsc.attribution`` (on by
+default here), ``attribution/<task>.{png,json,npz}`` for each significant task (or each of
+``wsc.attribution.tasks``): which pixels carry the direction the primary head shares with it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsca_lightning.cli.common import CONFIG_PATH, instantiate_node, launch, report_or_exit
-from wsca_lightning.epoch_analysis.evaluator import EpochEvaluator
+from wsca_lightning.epoch_analysis.evaluator import EpochEvaluator, attribution_tasks
+from wsca_lightning.epoch_analysis.outputs import write_attributions
 from wsca_lightning.problems import ConfigError, Problem
 from wsca_lightning.posthoc import load_checkpoint_module, write_analysis
 from wsca_lightning.summary import format_summary, summary_header
@@ -66,7 +69,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     # the encodability gate needs data the backbone did not train on: the validation split (for split=val, the
     # subset's own held-out part already is)
     holdout = datamodule.val_dataset if cfg.split == "train" else None
-    _, entry = evaluator.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
+    analysis, entry = evaluator.evaluate(module, dataset, holdout_dataset=holdout, progress=True)
     summary = {
         **summary_header(module.wsc_primary_task, evaluator.protocol, module.wsc_protocol),
         "checkpoint": str(cfg.checkpoint),
@@ -77,11 +80,24 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     }
     paths = write_analysis(summary, callback.dirpath or "wsc", plots=callback.save_plots,
                            title=f"WSC ({summary['protocol']}, k={summary['k']}), {cfg.split} split")
+    settings = callback.attribution
+    if settings is not None:
+        primary = module.wsc_primary_task
+        directions = evaluator.shared_directions(analysis, module.wsc_head_weights()[primary].weight,
+                                                 attribution_tasks(entry, settings, callback.alarm.alpha))
+        results = evaluator.attribute(module, dataset, directions, settings)
+        figures = write_attributions(results, callback.dirpath or "wsc", primary, examples=settings.examples,
+                                     context={"checkpoint": str(cfg.checkpoint), "split": cfg.split,
+                                              "classes": {t: list(entry["tasks"][t]["cols"]) for t in results}},
+                                     plots=callback.save_plots)
+        paths.update({f"attribution/{name}": path for name, path in figures.items()})
     return {"summary": summary, "paths": paths}
 
 
 def format_result(result: dict[str, Any]) -> str:
-    return f"WSC summary: {result['paths']['summary']}\n" + format_summary(result["summary"])
+    figures = [f"attribution figure: {path}" for key, path in result["paths"].items() if key.startswith("attribution/")]
+    return "\n".join([f"WSC summary: {result['paths']['summary']}", *figures]) + "\n" + format_summary(
+        result["summary"])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="analyze")

@@ -35,6 +35,7 @@ __all__ = [
     "TISSUE_ECHO_RANGE",
     "acquire",
     "background_echo",
+    "hospital_marker_masks",
     "hospital_names",
     "mm_per_pixel",
     "pixel_grid",
@@ -174,8 +175,9 @@ def _ramp(signed_distance: Tensor, width: float) -> Tensor:
     return (0.5 + signed_distance / width).clamp(0.0, 1.0)
 
 
-def _hospital_markers(num_hospitals: int, h: int, w: int, device: torch.device) -> Tensor:
-    """(num_hospitals, H, W) binary masks of each site's burnt-in marker."""
+def hospital_marker_masks(num_hospitals: int, h: int, w: int, device: torch.device | str | None = None) -> Tensor:
+    """(num_hospitals, H, W) binary masks of each site's burnt-in marker (hospital code ``k``: ``masks[k]``), as
+    :func:`acquire` draws them: the true region an attribution of the hospital should find."""
     m = max(2, round(h / 32))  # at least 2 px so it survives at 64 x 80
     masks = torch.zeros(num_hospitals, h, w, device=device)
     for k in range(num_hospitals):
@@ -305,5 +307,5 @@ def acquire(
     img = img * torch.exp(-atten * r / radius)
     img = (_BRIGHTNESS * gain * img).clamp(0.0, 1.0) ** gamma
     img = img * sector
-    markers = _hospital_markers(num_hospitals, h, w, dev)[hospital]
+    markers = hospital_marker_masks(num_hospitals, h, w, dev)[hospital]
     return torch.maximum(img, markers).clamp(0.0, 1.0).unsqueeze(1).contiguous()

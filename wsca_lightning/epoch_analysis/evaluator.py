@@ -13,6 +13,7 @@ live here too: :mod:`wsca_lightning.posthoc` embeds any backbone with :func:`emb
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -21,19 +22,22 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn, metadata_source
+from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn, batch_entry, metadata_source
+from wsca_lightning.attribution import AttributionSettings, TaskAttribution, attribute, shared_score
 from wsca_lightning.data.metadata_table import MetadataTable
 from wsca_lightning.interface import HeadWeights, SupportsWSC
 from wsca_lightning.plain import is_int
 from wsca_lightning.problems import ConfigError, Problem, raise_if
-from wsca_lightning.summary import analysis_entry
+from wsca_lightning.summary import analysis_entry, verdict
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
+from wsca_lightning.wsc.shared_direction import SharedDirection, shared_direction
 
 __all__ = [
     "PROTOCOLS",
     "EmbeddedSubset",
     "EpochEvaluator",
     "analysis_view",
+    "attribution_tasks",
     "embed_batches",
     "embed_dataset",
     "head_classes",
@@ -128,6 +132,14 @@ def analysis_view(dataset: Dataset) -> Dataset:
 def head_classes(heads: Mapping[str, HeadWeights], tasks: Sequence[str]) -> dict[str, list[str]]:
     """Class names of tasks read from their heads (a one-row binary head: ``["0", "1"]``)."""
     return {t: list(heads[t].row_names) if heads[t].weight.shape[0] >= 2 else ["0", "1"] for t in tasks if t in heads}
+
+
+def attribution_tasks(entry: Mapping[str, Any], settings: AttributionSettings, alpha: float = 0.05) -> list[str]:
+    """The tasks of an analysis entry whose shared direction is attributed: ``settings.tasks`` when given (whatever
+    their verdict), else every task whose verdict is ``significant`` at ``alpha``."""
+    if settings.tasks is not None:
+        return [t for t in settings.tasks if t in entry["tasks"]]
+    return [name for name, task in entry["tasks"].items() if verdict(task, alpha) == "significant"]
 
 
 class EpochEvaluator:
@@ -410,3 +422,65 @@ class EpochEvaluator:
                                     batch_size=self.batch_size, collate_fn=collate_fn, to_device=to_device,
                                     reader=reader, progress="embedding the holdout" if progress else None)
         return self.analyze(module, subset, holdout)
+
+    # --- which pixels carry a shared direction -------------------------------------------------------------------
+    @staticmethod
+    def shared_directions(analysis: WSCAnalysis, primary_weight: Tensor,
+                          tasks: Sequence[str]) -> dict[str, SharedDirection]:
+        """The direction the primary head (``primary_weight``, ``(C_p, d)``, the weights the analysis compared)
+        shares with each of ``tasks``' compared heads, in the analysis's projection
+        (:func:`~wsca_lightning.wsc.shared_direction.shared_direction`); tasks that share nothing are left out."""
+        primary_k = analysis.projection.project_weights(primary_weight)
+        out = {}
+        for name in tasks:
+            direction = shared_direction(primary_k, analysis.tasks[name].observed_weight,
+                                         analysis.projection.components)
+            if direction is not None:
+                out[name] = direction
+        return out
+
+    def attribute(
+        self,
+        module: Any,
+        dataset: Dataset,
+        directions: Mapping[str, SharedDirection],
+        settings: AttributionSettings,
+        *,
+        collate_fn: Any = None,
+        to_device: Callable[[Any], Any] | None = None,
+    ) -> dict[str, TaskAttribution]:
+        """Attribute each shared direction ``s(x) = u . z(x)`` to the pixels of the first ``settings.max_images``
+        images of the analysis subset of ``dataset`` (:mod:`wsca_lightning.attribution`), with the module in eval
+        mode and its parameters' gradients untouched (restored to its train/eval state afterwards).
+
+        The batch's input entry (``input_key``) is replaced by the attributed images, so ``wsc_embed`` must compute
+        the embedding from that entry (the built-in module and modules read by attribute paths do)."""
+        dataset = analysis_view(dataset)
+        indices = self.subset_indices(len(dataset))[: settings.max_images]
+        reader = self.reader(module)
+        batches = list(subset_batches(dataset, indices, batch_size=self.batch_size, collate_fn=collate_fn))
+        if to_device is not None:
+            batches = [to_device(batch) for batch in batches]
+        was_training = module.training
+        module.eval()
+        out: dict[str, TaskAttribution] = {}
+        try:
+            for name, direction in directions.items():
+                start = time.perf_counter()
+                maps, images, labels = [], [], []
+                for batch in batches:
+                    inputs = torch.as_tensor(batch_entry(batch, self.input_key, "input")).detach().float()
+                    score = shared_score(reader.wsc_embed, batch, direction.direction, self.input_key)
+                    maps.append(attribute(score, inputs, settings.method, steps=settings.steps,
+                                          batch_size=settings.batch_size).cpu())
+                    images.append(inputs.cpu())
+                    labels.append(torch.as_tensor(reader.wsc_targets(batch)[name]).to(torch.int64).cpu())
+                out[name] = TaskAttribution(
+                    task=name, method=settings.method,
+                    steps=settings.steps if settings.method == "integrated_gradients" else None,
+                    indices=list(indices), images=torch.cat(images), attributions=torch.cat(maps),
+                    labels=torch.cat(labels), strength=direction.strength,
+                    share=direction.share, seconds=time.perf_counter() - start)
+        finally:
+            module.train(was_training)
+        return out

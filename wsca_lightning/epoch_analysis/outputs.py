@@ -2,7 +2,8 @@
 
 Under the callback's directory: ``epoch_<NNNN>.npz`` matrices, ``heatmaps/epoch_<NNNN>.png`` and the latest
 ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (all written atomically, so a killed run keeps its
-last computed epoch), and at fit end ``wsc_over_epochs.png``. Figures and files reach the loggers that take them
+last computed epoch), and at fit end ``wsc_over_epochs.png``. With the ``attribution`` option, ``attribution/<task>.png``
+(the figure), ``.json`` (method, images, timing) and ``.npz`` (the per-image maps) per attributed task. Figures and files reach the loggers that take them
 through :mod:`wsca_lightning.tracking`. The callback decides when (global rank zero only); this module only writes.
 """
 
@@ -15,14 +16,52 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from lightning.pytorch.loggers import Logger
 
+from wsca_lightning.attribution import TaskAttribution
 from wsca_lightning.figures import heatmap_figure, history_figure, save_figure
+from wsca_lightning.figures.attribution import attribution_figure
 from wsca_lightning.problems import ConfigError
-from wsca_lightning.summary import HEATMAP_FILENAME, SUMMARY_FILENAME, TABLE_FILENAME, write_summary, write_table
+from wsca_lightning.summary import (
+    HEATMAP_FILENAME,
+    SUMMARY_FILENAME,
+    TABLE_FILENAME,
+    write_json,
+    write_summary,
+    write_table,
+)
 from wsca_lightning.tracking import log_files, log_image
 
-__all__ = ["OVER_EPOCHS_FILENAME", "EpochOutputs", "check_output_paths"]
+__all__ = ["ATTRIBUTION_DIR", "OVER_EPOCHS_FILENAME", "EpochOutputs", "check_output_paths", "write_attributions"]
 
 OVER_EPOCHS_FILENAME = "wsc_over_epochs.png"
+#: Subdirectory (of the WSC directory) of the attribution files: ``<task>.png``, ``<task>.json``, ``<task>.npz``.
+ATTRIBUTION_DIR = "attribution"
+
+
+def write_attributions(results: Mapping[str, TaskAttribution], directory: str, primary: str, *, examples: int,
+                       context: Mapping[str, Any] | None = None, plots: bool = True) -> dict[str, str]:
+    """Write each task's attribution under ``<directory>/attribution/``: ``<task>.json`` (method, images, timing,
+    plus ``context``, e.g. the epoch), ``<task>.npz`` (``attributions`` ``(N, H, W)``, ``indices``, ``labels``) and,
+    with ``plots``, ``<task>.png`` (:func:`~wsca_lightning.figures.attribution.attribution_figure`). Returns the
+    figures' paths by task."""
+    out_dir = os.path.join(directory, ATTRIBUTION_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    figures = {}
+    for name, result in results.items():
+        base = os.path.join(out_dir, name)
+        write_json({"primary": primary, **dict(context or {}), **result.to_dict()}, base + ".json")
+        np.savez_compressed(base + ".npz", attributions=result.attributions.numpy().astype(np.float32),
+                            indices=np.asarray(result.indices), labels=result.labels.numpy())
+        if plots:
+            label_names = dict(context or {}).get("classes", {}).get(name)
+            captions = [f"row {i}" + (f", {label_names[int(y)]}" if label_names and 0 <= int(y) < len(label_names)
+                                      else "") for i, y in zip(result.indices, result.labels.tolist())]
+            method = result.method + (f", {result.steps} steps" if result.steps else "")
+            title = (f"{primary} head's classes most aligned with {name!r} ({method}; cosine with its span "
+                     f"{result.share:.2f})")
+            figures[name] = base + ".png"
+            save_figure(attribution_figure(result.images[:, 0].numpy(), result.attributions.numpy(),
+                                           examples=examples, captions=captions, title=title), figures[name])
+    return figures
 
 
 def check_output_paths(directory: str) -> None:
@@ -95,6 +134,17 @@ class EpochOutputs:
         os.replace(latest + ".partial", latest)
 
     # --- on the training thread (tracking clients are not guaranteed to be thread-safe) -------------------------
+    def write_attributions(self, loggers: Iterable[Logger], results: Mapping[str, TaskAttribution], primary: str, *,
+                           examples: int, epoch: int, step: int, classes: Mapping[str, Sequence[str]]) -> None:
+        """The attribution files of the final model (:func:`write_attributions`) and its figures to every logger
+        that takes figures, as ``wsc/attribution/<task>`` (on the training thread, global rank zero)."""
+        figures = write_attributions(results, self.directory, primary, examples=examples,
+                                     context={"epoch": epoch, "classes": {t: list(c) for t, c in classes.items()}},
+                                     plots=self.save_plots)
+        for name, path in figures.items():
+            log_image(loggers, f"wsc/attribution/{name}", path, epoch=epoch, step=step,
+                      artifact_dir=f"wsc/{ATTRIBUTION_DIR}")
+
     def log_heatmap(self, loggers: Iterable[Logger], epoch: int, step: int) -> None:
         """The epoch's heatmap (as written) to every logger that takes figures, at the step of that epoch's
         scalars."""

@@ -14,6 +14,11 @@ Every head is a linear classifier on the same embedding ``z``; the WSC callback 
 Head modes (paper §3.3): ``multitask`` trains all heads jointly with the backbone (weighted sum of losses);
 ``probe_online`` trains metadata heads on ``z.detach()`` so they never shape the backbone.
 
+Repair (``adversarial``): in ``multitask``, chosen metadata heads read ``z`` through a gradient reversal layer
+(:mod:`wsca_lightning.models.gradient_reversal`, domain-adversarial training): each still learns its metadata, while
+the backbone is pushed to make that metadata unpredictable, removing a shortcut WSC found. Their weights stay what
+the WSC callback compares, so the shared direction can be watched shrinking epoch by epoch.
+
 Missing labels (``IGNORE_INDEX = -1``) are masked per head: the head still gets a (zero-weighted) loss term in every
 step, so it never drops out of the autograd graph (which would break DDP with ``find_unused_parameters=False``).
 
@@ -24,6 +29,7 @@ logit trained with BCE, like SA-SonoNet. All hyperparameters are plain Python va
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
@@ -34,6 +40,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
+from wsca_lightning.models.gradient_reversal import ADVERSARIAL_SCHEDULES, adversarial_lambda, reverse_gradient
 from wsca_lightning.models.backbones import BACKBONE_NAMES, BACKBONE_REGISTRY
 from wsca_lightning.plain import is_int, to_plain
 from wsca_lightning.problems import ConfigError, Problem, raise_if
@@ -52,6 +59,8 @@ OPTIMIZER_KEYS: tuple[str, ...] = ("name", "lr", "weight_decay", "momentum", "sc
 #: ends every run at a settled model, so accuracies of short runs can be compared across conditions.
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DEFAULT_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+#: No head adversarial; the strength and schedule apply once ``tasks`` names some (keys given override these).
+DEFAULT_ADVERSARIAL: dict[str, Any] = {"tasks": [], "weight": 1.0, "schedule": "dann", "gamma": 10.0}
 
 
 def pooling_head_weight(num_maps: int, positions: int) -> Tensor:
@@ -105,11 +114,17 @@ class MultiHeadModule(L.LightningModule):
         channels_last: keep the backbone and its inputs in channels-last memory format from the start of fit;
             ``None`` (default) does so on CUDA only.
         compile_backbone: ``torch.compile`` the backbone's forward at the start of fit (state dict unchanged).
+        adversarial: ``{"tasks": [metadata task, ...], "weight": float > 0, "schedule": "dann"|"constant",
+            "gamma": float > 0}`` (keys left out take :data:`DEFAULT_ADVERSARIAL`): the listed metadata heads read the
+            embedding through a gradient reversal layer whose strength is
+            :func:`~wsca_lightning.models.gradient_reversal.adversarial_lambda` of the training progress
+            (``global_step`` over the trainer's estimated total steps). ``multitask`` only.
 
     Logged per task and stage (``train``/``val``), per epoch: ``<stage>/<task>/loss``, ``<stage>/<task>/auroc``
     (macro one-vs-rest over the whole epoch) and ``<stage>/<task>/balanced_accuracy``, both averaged over the
     classes present in the epoch (:mod:`wsca_lightning.metrics`); plus ``<stage>/loss`` (the
-    weighted sum that is optimised).
+    weighted sum that is optimised) and, with adversarial heads, ``train/adversarial_lambda`` (its value at the
+    epoch's last step).
     """
 
     def __init__(
@@ -124,6 +139,7 @@ class MultiHeadModule(L.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         channels_last: bool | None = None,
         compile_backbone: bool = False,
+        adversarial: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         backbone = to_plain(backbone, "backbone")
@@ -131,11 +147,12 @@ class MultiHeadModule(L.LightningModule):
         input_shape = [int(s) for s in to_plain(input_shape, "input_shape")]
         loss_weights = to_plain(loss_weights or {}, "loss_weights")
         optimizer = to_plain(optimizer if optimizer is not None else DEFAULT_OPTIMIZER, "optimizer")
+        adversarial = {**DEFAULT_ADVERSARIAL, **to_plain(adversarial or {}, "adversarial")}
         specs = [TaskSpec.from_dict(t) for t in tasks]
         names = [s.name for s in specs]
         primary = names[0] if primary is None and names else primary
         raise_if(self._problems(backbone, specs, input_shape, primary, embedding, head_mode, loss_weights, optimizer,
-                                channels_last, compile_backbone))
+                                channels_last, compile_backbone, adversarial))
         if "in_channels" in backbone and backbone["in_channels"] is None:
             # null follows the data; saved resolved, so the checkpoint's hparams name the model it holds
             backbone["in_channels"] = input_shape[0]
@@ -151,11 +168,17 @@ class MultiHeadModule(L.LightningModule):
                 "optimizer": optimizer,
                 "channels_last": channels_last,
                 "compile_backbone": compile_backbone,
+                "adversarial": adversarial,  # in the run's hparams.yaml: which heads were trained to be unusable
             }
         )
         self.task_specs: list[TaskSpec] = specs
         self.primary_task: str = str(primary)
         self.loss_weights: dict[str, float] = {n: float(loss_weights.get(n, 1.0)) for n in names}
+        self.adversarial_tasks: tuple[str, ...] = tuple(adversarial["tasks"])
+        #: training progress in [0, 1] that sets the reversal strength; updated before every training step, and 1.0
+        #: (full strength) for a module stepped outside a Trainer
+        self.training_progress: float = 1.0
+        self._total_steps: float = math.inf
         primary_spec = specs[names.index(self.primary_task)]
 
         channels, height, width = input_shape
@@ -222,6 +245,7 @@ class MultiHeadModule(L.LightningModule):
         optimizer: dict,
         channels_last: Any,
         compile_backbone: Any,
+        adversarial: dict,
     ) -> list[Problem]:
         """Every configuration problem, each keyed by the argument it concerns (raised together by ``__init__``)."""
         problems: list[Problem] = []
@@ -295,6 +319,45 @@ class MultiHeadModule(L.LightningModule):
                                                      f"{channels_last!r}"))
         if not isinstance(compile_backbone, bool):
             problems.append(Problem("compile_backbone", f"must be true or false, got {compile_backbone!r}"))
+        problems.extend(MultiHeadModule._adversarial_problems(adversarial, names, primary, head_mode))
+        return problems
+
+    @staticmethod
+    def _adversarial_problems(adversarial: dict, names: list[str], primary: str | None, head_mode: str
+                              ) -> list[Problem]:
+        """Problems of the ``adversarial`` argument (keys ``adversarial.*``)."""
+        problems: list[Problem] = []
+        for key in adversarial:
+            if key not in DEFAULT_ADVERSARIAL:
+                problems.append(Problem(f"adversarial.{key}",
+                                        f"unknown key; valid keys: {', '.join(DEFAULT_ADVERSARIAL)}"))
+        tasks = adversarial["tasks"]
+        metadata = [n for n in names if n != primary]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            problems.append(Problem("adversarial.tasks", f"must be a list of metadata task names, got {tasks!r}"))
+        else:
+            for task in tasks:
+                if task == primary:
+                    problems.append(Problem("adversarial.tasks", f"{task!r} is the primary task: reversing its "
+                                                                 "gradient would unlearn the clinical label"))
+                elif task not in names:
+                    problems.append(Problem("adversarial.tasks", f"{task!r} is not a metadata task; metadata tasks: "
+                                                                 f"{', '.join(metadata) or 'none'}"))
+            if len(set(tasks)) != len(tasks):
+                problems.append(Problem("adversarial.tasks", f"lists a task twice: {tasks}"))
+            if tasks and head_mode == "probe_online":
+                problems.append(Problem(
+                    "adversarial.tasks",
+                    "needs head_mode: multitask; with head_mode: probe_online the metadata heads read a detached "
+                    "embedding, so no gradient, reversed or not, reaches the backbone",
+                ))
+        for key in ("weight", "gamma"):
+            value = adversarial[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                problems.append(Problem(f"adversarial.{key}", f"must be a number > 0, got {value!r}"))
+        if adversarial["schedule"] not in ADVERSARIAL_SCHEDULES:
+            problems.append(Problem("adversarial.schedule", f"must be one of {', '.join(ADVERSARIAL_SCHEDULES)}, "
+                                                            f"got {adversarial['schedule']!r}"))
         return problems
 
     def _is_fixed(self, task: str) -> bool:
@@ -315,15 +378,25 @@ class MultiHeadModule(L.LightningModule):
         return self.backbone.forward_features(images)
 
     def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
-        """Logits of every head from the embedding (metadata heads see ``z.detach()`` in ``probe_online``)."""
+        """Logits of every head from the embedding (metadata heads see ``z.detach()`` in ``probe_online``, and
+        adversarial heads ``z`` through the gradient reversal layer: same values, reversed gradient)."""
         detached = z.detach() if self.hparams.head_mode == "probe_online" else z
+        reversed_z = reverse_gradient(z, self.adversarial_lambda()) if self.adversarial_tasks else z
         out: dict[str, Tensor] = {}
         for spec in self.task_specs:
             if self._is_fixed(spec.name):
                 out[spec.name] = z @ self.primary_pooling.T
+            elif spec.name == self.primary_task:
+                out[spec.name] = self.heads[spec.name](z)
             else:
-                out[spec.name] = self.heads[spec.name](z if spec.name == self.primary_task else detached)
+                out[spec.name] = self.heads[spec.name](
+                    reversed_z if spec.name in self.adversarial_tasks else detached)
         return out
+
+    def adversarial_lambda(self) -> float:
+        """The gradient reversal strength at the current :attr:`training_progress`."""
+        config = self.hparams.adversarial
+        return adversarial_lambda(self.training_progress, config["weight"], config["schedule"], config["gamma"])
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.heads_forward(self.embed(images))
@@ -372,7 +445,19 @@ class MultiHeadModule(L.LightningModule):
             loss.reset()
             metrics[name].reset()
 
+    def on_train_start(self) -> None:
+        # optimizer steps of the whole fit (inf without an epoch or step limit); read once, it walks the dataloaders
+        self._total_steps = float(self.trainer.estimated_stepping_batches) if self.adversarial_tasks else math.inf
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.adversarial_tasks:
+            # an unbounded run has no progress to ramp over: full strength (the schedule's end) from the start
+            total = self._total_steps
+            self.training_progress = min(1.0, self.trainer.global_step / total) if math.isfinite(total) else 1.0
+
     def on_train_epoch_end(self) -> None:
+        if self.adversarial_tasks:
+            self.log("train/adversarial_lambda", self.adversarial_lambda(), on_step=False, on_epoch=True)
         self._log_metadata_heads("train")
 
     def on_validation_epoch_end(self) -> None:

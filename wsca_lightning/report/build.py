@@ -3,12 +3,16 @@
 Input is a run directory written by ``wsca-train`` (``wsc/wsc_summary.json``, ``csv/version_*/metrics.csv``,
 ``.hydra/``), a Hydra multirun directory of such runs, or a directory of several multiruns. Outputs under ``out_dir``:
 ``report.html`` (self-contained: PNGs as data URIs, inline CSS), ``figures/*.png`` and ``tables/*.csv`` +
-``tables/*.md`` (the same content; the CSVs keep mean and sd as separate numeric columns).
+``tables/*.md`` (the same content; the CSVs keep mean and sd as separate numeric columns). Attribution figures a run
+wrote (``wsc/attribution/<task>.png``: the callback's or ``wsca-analyze``'s ``attribution`` option) are copied in, per
+run, after its condition's figures.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,6 +93,7 @@ def _collect_figures(conditions: Sequence[Condition], factors: Sequence[str], ta
         figures.append(ReportFigure(f"history_{condition.slug}", f"Training and WSC over epochs, {condition.id}: "
                                       f"{condition.label}", " ".join((history_condition_figure.__doc__ or "").split()),
                                       history_condition_figure(condition, tasks, alpha)))
+    figures += _attribution_figures(conditions)
     if trend is not None:
         figures.append(ReportFigure("trend", f"WSC and accuracy vs {trend.factor}",
                                       " ".join((trend_figure.__doc__ or "").split()),
@@ -97,6 +102,22 @@ def _collect_figures(conditions: Sequence[Condition], factors: Sequence[str], ta
         figures.append(ReportFigure("wsc_by_condition", "max|WSC| by condition",
                                       " ".join((conditions_figure.__doc__ or "").split()),
                                       conditions_figure(conditions, tasks, alpha)))
+    return figures
+
+
+def _attribution_figures(conditions: Sequence[Condition]) -> list[ReportFigure]:
+    """Each run's attribution figures as they are on disk (``fig`` is the PNG's path: copied, not redrawn)."""
+    figures = []
+    for condition in conditions:
+        for run in condition.runs:
+            for png in sorted((run.path / "wsc" / "attribution").glob("*.png")):
+                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{run.name}_{png.stem}")
+                figures.append(ReportFigure(
+                    f"attribution_{slug}", f"Which pixels carry the shared direction with {png.stem!r}, {run.name} "
+                    f"({condition.id}: {condition.label})",
+                    "Gradient attribution of the direction the primary head shares with this metadata task: mean "
+                    "|attribution| over the attributed images of the analysis subset, their mean image, and examples "
+                    "with overlays (docs/outputs.md).", png))
     return figures
 
 
@@ -147,7 +168,11 @@ def build_report(root: str | os.PathLike[str], out_dir: str | os.PathLike[str] |
         written: list[Path] = []
         for figure in tqdm(figures, desc="drawing figures", unit="figure", disable=None):
             path = out / "figures" / f"{figure.name}.png"
-            save_figure(figure.fig, path)
+            if isinstance(figure.fig, Path):  # a run's own PNG
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(figure.fig, path)
+            else:
+                save_figure(figure.fig, path)
             figure.fig = None  # free it now; the figures of a large sweep add up
             written.append(path)
     figure_paths = list(written)
