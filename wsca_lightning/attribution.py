@@ -1,7 +1,8 @@
 """Which pixels carry the direction a primary head shares with a metadata head (torch only, no Lightning).
 
 :func:`wsca_lightning.wsc.shared_direction.shared_direction` turns a significant WSC into one unit vector ``u`` of the
-embedding space: the combination of the primary head's classes most aligned with the metadata head. The scalar ``s(x) = u . z(x)`` is then a function of the image, and its gradient says which pixels
+embedding space: the combination of the primary head's classes most aligned with the metadata head. The scalar ``s(x)
+= u . z(x)`` is then a function of the image, and its gradient says which pixels
 move it. Two gradient methods, written here (no Captum):
 
 * :func:`gradient_x_input`: ``(x - x0) * ds/dx(x)``, one backward pass per image;

@@ -64,11 +64,11 @@ def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images
         fraction = region_fraction(attributions, masks)
         share = region_share(masks)
         record["methods"][method] = {
-            "fraction": float(fraction.mean()), "share": float(share.mean()),
+            "fraction": float(fraction.mean()), "marker_area_share": float(share.mean()),
             "concentration": float(fraction.mean() / share.mean()),
             "concentration_per_image_median": float((fraction / share).median()),
             "n_images": int(len(labels)), "seconds_per_image": info["seconds_per_image"],
-            "share": info["share"], "analyze_seconds": wall}
+            "direction_share": info["share"], "analyze_seconds": wall}
     return record
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (3 + len(args.methods)))
     for r in records:
-        cells = [f"{r['methods'][m]['fraction']:.4f} / {r['methods'][m]['share']:.5f} = "
+        cells = [f"{r['methods'][m]['fraction']:.4f} / {r['methods'][m]['marker_area_share']:.5f} = "
                  f"**{r['methods'][m]['concentration']:.1f}x**" for m in args.methods]
         print(f"| {r['mode']} | {r['seed']} | {r['verdict']} ({r['test_p']:.3f}) | " + " | ".join(cells) + " |")
     for mode in sorted({r["mode"] for r in records}):

@@ -132,7 +132,8 @@ def check_settings(cfg: DictConfig) -> list[Problem]:
                 for key, value in _task_values(cfg).items() if value == "???"]
     seed = _select(cfg, "seed")
     if not is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        problems.append(Problem("seed", f"must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed!r}"))
+        problems.append(Problem("seed", f"must be a whole number from {SEED_RANGE[0]} to {SEED_RANGE[1]}, "
+                                        f"got {seed!r}"))
     overwrite = _select(cfg, "overwrite")
     if overwrite is not None and not isinstance(overwrite, bool):
         problems.append(Problem("overwrite", f"must be true or false, got {overwrite!r}"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
@@ -71,7 +70,8 @@ def _train_in_claimed_directory(cfg: DictConfig, extra_callbacks: Sequence[L.Cal
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     # read here, in the process that starts the ranks: the user's OMP_NUM_THREADS, not Lightning's
     threads = TorchThreads(cfg.get("torch_threads"), launcher=HydraConfig.get().launcher if multirun else None)
-    trainer = instantiate_node(cfg, "trainer", callbacks=[threads, SetAsideSupersededRows(), *callbacks.values(), *extra_callbacks],
+    trainer = instantiate_node(cfg, "trainer",
+                               callbacks=[threads, SetAsideSupersededRows(), *callbacks.values(), *extra_callbacks],
                                logger=loggers or False)
     threads.apply(trainer)  # logged here, where Hydra writes the run's log, also when ddp_spawn trains in children
     fit_start = time.time()

@@ -345,10 +345,12 @@ def validate_manifest(
 
     Problems about the file's content are keyless; problems a config key fixes carry it (``image_column``,
     ``target.column``, ``split_values``, ...). With a ``degenerate`` dict, a metadata head whose column is empty,
-    constant or a single class is recorded there (head name -> why) instead of reported. Each content message reads ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
+    constant or a single class is recorded there (head name -> why) instead of reported. Each content message reads
+    ``<file>: <what> (lines 3, 7, ... and N more) [column 'x']: <what to do>``, line numbers being
     those of the file (header = line 1). Checks: referenced columns exist; image cells are present, stay inside
     ``root``, exist, are not repeated and (``check_images``, each file read once: :func:`check_image`) decode,
-    hold one frame and do not repeat another row's bytes across groups (:func:`_content_copies_problem`); target cells are
+    hold one frame and do not repeat another row's bytes across groups (:func:`_content_copies_problem`); target cells
+    are
     present and give a binary/categorical label space (each class spelled one way, at least 2 classes in a val
     split); continuous metadata parse as numbers (empty = missing); no metadata column is empty or constant or
     spells a class two ways; split cells (after ``split_values``) are train/val/test; group cells are present and no
@@ -1041,8 +1043,8 @@ def encode_labels(
         values = [parse_float(c) if c else math.nan for c in cells]
         unparsable = [ln for ln, c, v in zip(lines, cells, values) if c and v is None]
         if unparsable:
-            raise ConfigError.at("", problem_line(file, f"{name}: not a number", "write a number or leave the cell empty",
-                                          unparsable, spec.column))
+            raise ConfigError.at("", problem_line(file, f"{name}: not a number",
+                                                  "write a number or leave the cell empty", unparsable, spec.column))
         tensor = torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float64)
         try:
             edges = _fit_edges(tensor[fit], spec)
@@ -1069,8 +1071,8 @@ def encode_labels(
     try:
         task = TaskSpec(name=name, kind=spec.type, class_names=vocabulary)  # type: ignore[arg-type]
     except ValueError as e:
-        raise ConfigError.at("", problem_line(file, f"{name}: bad label space from the fit rows ({e})", column=spec.column,
-                                      todo="check the column and the split")) from None
+        raise ConfigError.at("", problem_line(file, f"{name}: bad label space from the fit rows ({e})",
+                                              column=spec.column, todo="check the column and the split")) from None
     index = {c: k for k, c in enumerate(vocabulary)}
     labels = [index.get(c, IGNORE_INDEX) for c in cells]
     if strict:

@@ -275,7 +275,8 @@ class ManifestDataModule(TaskDataModule):
             sub-dataset), else validation is used whole.
         image_size, in_channels, normalization, augment, batch_size, num_workers, seed.
         check_images: read every image once before training: files that cannot be decoded, multi-frame files and
-            the same bytes under two names in different groups (see :func:`~wsca_lightning.data.manifest.validate_manifest`) are refused up front.
+            the same bytes under two names in different groups (see
+            :func:`~wsca_lightning.data.manifest.validate_manifest`) are refused up front.
             ``false`` skips this (and so the duplicate check); a bad file then fails in the loader, naming its line.
         channels: SA-SonoNet's extra input channels, ``{segmentation, spacing_columns}`` (both ``None`` = the image
             only). ``segmentation``: ``{column, num_maps: 5, pattern: "{}"}``; the cell formatted into ``pattern``

@@ -1,7 +1,8 @@
 """A metadata spreadsheet keyed by sample id: labels for the WSC callback on a module that has no metadata heads.
 
 The user's table has one row per sample, a column of ids that the training batches carry (``id_key``), and one column
-per metadata field. Columns are declared as every metadata head is (:class:`~wsca_lightning.tasks.HeadConfig`, a table's head); when no columns are declared, every other column is a task, continuous when every filled cell is a
+per metadata field. Columns are declared as every metadata head is (:class:`~wsca_lightning.tasks.HeadConfig`, a
+table's head); when no columns are declared, every other column is a task, continuous when every filled cell is a
 number and it has more than :data:`MAX_INFERRED_CATEGORIES` distinct values (then 4 equal-width bins), categorical
 otherwise. The vocabularies and bin edges are fitted on the rows of the training samples the callback analyses (never
 on validation rows), exactly as :func:`~wsca_lightning.data.manifest.encode_labels` does for a manifest.

@@ -2,8 +2,10 @@
 
 Under the callback's directory: ``epoch_<NNNN>.npz`` matrices, ``heatmaps/epoch_<NNNN>.png`` and the latest
 ``wsc_heatmap.png``, ``wsc_table.csv`` and ``wsc_summary.json`` (all written atomically, so a killed run keeps its
-last computed epoch), and at fit end ``wsc_over_epochs.png``. With the ``attribution`` option, ``attribution/<task>.png``
-(the figure), ``.json`` (method, images, timing) and ``.npz`` (the per-image maps) per attributed task. Figures and files reach the loggers that take them
+last computed epoch), and at fit end ``wsc_over_epochs.png``. With the ``attribution`` option,
+``attribution/<task>.png``
+(the figure), ``.json`` (method, images, timing) and ``.npz`` (the per-image maps) per attributed task. Figures and
+files reach the loggers that take them
 through :mod:`wsca_lightning.tracking`. The callback decides when (global rank zero only); this module only writes.
 """
 

@@ -47,7 +47,8 @@ def report_rc_params() -> dict[str, Any]:
 def mean_heatmap_tasks(condition: Condition, tasks: Sequence[str], alpha: float) -> tuple[dict[str, Any], list[str]]:
     """Per task, the element-wise mean over seeds of the signed WSC matrix, in the form
     :func:`~wsca_lightning.figures.single_run.heatmap_figure` takes, with the header of
-    :func:`~wsca_lightning.summary.task_header` (task, significant seeds, mean max|cos|). Runs whose matrix shape or primary classes differ from the first run's are left out (noted).
+    :func:`~wsca_lightning.summary.task_header` (task, significant seeds, mean max|cos|). Runs whose matrix shape or
+    primary classes differ from the first run's are left out (noted).
     Continuous metadata are binned per run, so bin labels may differ across seeds: then bins are matched by position
     and labelled ``bin 1..n``."""
     notes: list[str] = []
@@ -152,8 +153,8 @@ def history_condition_figure(condition: Condition, tasks: Sequence[str], alpha: 
         per_run = [[e for e in run.summary.get("history") or [] if isinstance(e, Mapping)] for run in condition.runs]
 
         def series(stat: str) -> list[dict[int, float | None]]:
-            return [{int(e["epoch"]): lookup(e, "tasks", name, stat) for e in hist if finite(e.get("epoch")) is not None}
-                    for hist in per_run]
+            return [{int(e["epoch"]): lookup(e, "tasks", name, stat)
+                     for e in hist if finite(e.get("epoch")) is not None} for hist in per_run]
 
         xs, mean, sd = _epoch_series(series("max_abs"))
         if xs.size:

@@ -45,7 +45,8 @@ def heatmap_figure(
 
     ``tasks`` maps a metadata task to ``{"matrix", "rows", "cols", "interpretable", "null", "max_abs"}`` (a summary
     entry's task) and optionally ``"header"``, the text above its column group (default
-    :func:`wsca_lightning.summary.task_header`); all tasks share ``rows``. Putting every task in one image with one colour scale makes tasks directly
+    :func:`wsca_lightning.summary.task_header`); all tasks share ``rows``. Putting every task in one image with one
+    colour scale makes tasks directly
     comparable. NaN cells are drawn grey.
     """
     mpl = load_matplotlib()

@@ -46,7 +46,8 @@ __all__ = ["build_report", "format_result"]
 
 
 def _collect_figures(conditions: Sequence[Condition], factors: Sequence[str], tasks: Sequence[str], alpha: float,
-                     trend: Trend | None, trend_rows: Sequence[Mapping[str, Any]], notes: list[str]) -> list[ReportFigure]:
+                     trend: Trend | None, trend_rows: Sequence[Mapping[str, Any]],
+                     notes: list[str]) -> list[ReportFigure]:
     # imported here: the comparison figures read the report's records, so importing them at module level would be
     # circular for whoever imports wsca_lightning.figures.comparison first
     from wsca_lightning.figures.comparison import (
@@ -80,9 +81,9 @@ def _collect_figures(conditions: Sequence[Condition], factors: Sequence[str], ta
     fig = reference_figure(conditions)
     if fig is not None:
         figures.append(ReportFigure("reference_histograms", "Intra- vs inter-head cosines (paper Fig. 2)",
-                                      "Cosines between weight rows of the same head (intra) and of unrelated heads (inter), "
-                                      "pooled over the seeds of each condition: the scale against which a WSC value reads "
-                                      "as large or small.", fig))
+                                    "Cosines between weight rows of the same head (intra) and of unrelated heads "
+                                    "(inter), pooled over the seeds of each condition: the scale against which a WSC "
+                                    "value reads as large or small.", fig))
     for condition in conditions:
         fig = k_sweep_figure(condition, tasks)
         if fig is not None:
