@@ -30,7 +30,7 @@ from torch import Tensor
 
 from wsca_lightning.attach import BatchKey, batch_entry
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.problems import ConfigError, Problem
+from wsca_lightning.problems import ConfigError, Problem, integer_problems
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -214,10 +214,8 @@ class AttributionSettings:
         if self.method not in ATTRIBUTION_METHODS:
             out.append(Problem(f"{key}.method", f"must be one of {', '.join(ATTRIBUTION_METHODS)}, got "
                                                 f"{self.method!r}"))
-        for name, low in (("steps", 1), ("max_images", 1), ("examples", 0), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not is_int(value) or value < low:
-                out.append(Problem(f"{key}.{name}", f"must be an integer >= {low}, got {value!r}"))
+        out += integer_problems([(f"{key}.{name}", getattr(self, name), low)
+                                 for name, low in (("steps", 1), ("max_images", 1), ("examples", 0), ("batch_size", 1))])
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,6 +23,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """An int or float config value (``True`` is a number to Python, not to a config)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def csv_cell(value: Any) -> Any:
     """A value as a CSV cell: empty for None and non-finite floats, floats with 6 significant digits."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

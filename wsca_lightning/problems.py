@@ -5,15 +5,19 @@ A caller that knows where an object's config sits in the whole config (``data``,
 error with :meth:`ConfigError.under`, so the user reads ``data.image_size: ...``, never a key without its node. No
 one parses messages back into keys.
 
+The checks of plain options (counts, ranges, switches) are worded here once, for every validator.
+
 No Lightning, Hydra or torch imports: the pure core and every layer above may use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-__all__ = ["ConfigError", "Problem", "raise_if"]
+from wsca_lightning.plain import is_int
+
+__all__ = ["ConfigError", "Problem", "integer_problems", "integer_range_problems", "raise_if", "switch_problems"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +82,22 @@ def raise_if(problems: Sequence[Problem], title: str | None = None) -> None:
     """Raise every problem at once, if there is any."""
     if problems:
         raise ConfigError(problems, title)
+
+
+def integer_problems(limits: Sequence[tuple[str, Any, int]]) -> list[Problem]:
+    """``<key>: must be an integer >= <minimum>, got ...`` for each ``(key, value, minimum)`` that fails."""
+    return [Problem(key, f"must be an integer >= {minimum}, got {value!r}") for key, value, minimum in limits
+            if not is_int(value) or value < minimum]
+
+
+def integer_range_problems(key: str, value: object, limits: tuple[int, int]) -> list[Problem]:
+    """``<key>: must be an integer in [low, high], got ...`` unless ``value`` is such an integer."""
+    if not is_int(value) or not limits[0] <= value <= limits[1]:  # type: ignore[operator]
+        return [Problem(key, f"must be an integer in [{limits[0]}, {limits[1]}], got {value!r}")]
+    return []
+
+
+def switch_problems(switches: Sequence[tuple[str, Any]]) -> list[Problem]:
+    """``<key>: must be true or false, got ...`` for each ``(key, value)`` that is no bool."""
+    return [Problem(key, f"must be true or false, got {value!r}") for key, value in switches
+            if not isinstance(value, bool)]

@@ -47,8 +47,13 @@ def summary_header(primary: str, requested_protocol: str, head_mode: str | None)
     compared were (``probe_refit``: probes refitted on the embeddings; otherwise the model's own heads, named by
     how they were trained: ``multitask``, ``probe_online``, or ``heads``/``mixed`` for a model without that
     notion); and ``head_mode``, the model's head training (``None`` for a model that does not say)."""
-    protocol = "probe_refit" if requested_protocol == "probe_refit" else (head_mode or requested_protocol)
-    return {"primary": primary, "protocol": protocol, "head_mode": head_mode}
+    return {"primary": primary, "protocol": analysis_protocol(requested_protocol, head_mode), "head_mode": head_mode}
+
+
+def analysis_protocol(requested_protocol: str, head_mode: str | None) -> str:
+    """What the compared metadata directions were: ``probe_refit``, or the model's heads named by how they were
+    trained (``head_mode``; the requested protocol for a model that does not say)."""
+    return "probe_refit" if requested_protocol == "probe_refit" else (head_mode or requested_protocol)
 
 
 def analysis_entry(

@@ -84,8 +84,8 @@ from wsca_lightning.epoch_analysis.evaluator import (
 from wsca_lightning.epoch_analysis.outputs import EpochOutputs, check_output_paths
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.plain import is_int
-from wsca_lightning.problems import ConfigError, Problem, raise_if
-from wsca_lightning.summary import history_tasks, summary_header
+from wsca_lightning.problems import ConfigError, Problem, integer_problems, raise_if, switch_problems
+from wsca_lightning.summary import analysis_protocol, history_tasks, summary_header
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis
 from wsca_lightning.wsc.shared_direction import SharedDirection
 
@@ -287,10 +287,8 @@ class WeightSpaceCorrelation(Callback):
                 input_key=input_key, label_key=label_key, id_key=id_key, class_names=class_names)
         except ConfigError as err:
             problems += err.problems
-        if not is_int(every_n_epochs) or every_n_epochs < 1:
-            problems.append(Problem("every_n_epochs", f"must be an integer >= 1, got {every_n_epochs!r}"))
-        if not isinstance(async_analysis, bool):
-            problems.append(Problem("async_analysis", f"must be true or false, got {async_analysis!r}"))
+        problems += integer_problems([("every_n_epochs", every_n_epochs, 1)])
+        problems += switch_problems([("async_analysis", async_analysis)])
         if analysis_threads is not None and (not is_int(analysis_threads) or analysis_threads < 1):
             problems.append(Problem("analysis_threads", f"must be an integer >= 1 or null, got {analysis_threads!r}"))
         try:
@@ -391,7 +389,7 @@ class WeightSpaceCorrelation(Callback):
     @property
     def protocol_name(self) -> str:
         """What the observed metadata directions are: ``probe_refit``, or the module's head mode for ``heads``."""
-        return summary_header("", self.protocol, self._module_protocol)["protocol"]
+        return analysis_protocol(self.protocol, self._module_protocol)
 
     def evaluate(
         self,

@@ -11,9 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from wsca_lightning.data.options import switch_problems
 from wsca_lightning.plain import is_int
-from wsca_lightning.problems import Problem
+from wsca_lightning.problems import Problem, switch_problems
 from wsca_lightning.tasks import TaskSpec, spec_differences
 
 __all__ = [

@@ -21,10 +21,9 @@ import torch
 from torch import Tensor
 
 from wsca_lightning.data.base import GeneratedImageDataset, TaskDataModule, on_device_problems
-from wsca_lightning.data.options import integer_problems
 from wsca_lightning.data.splits import check_subset_config, configured_subset
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.problems import ConfigError, Problem, integer_problems, raise_if
 from wsca_lightning.tasks import HeadConfig, TaskSpec, check_heads
 from wsca_lightning.wsc.binning import bin_names, digitize, fit_bin_edges
 

@@ -55,7 +55,6 @@ from wsca_lightning.data.manifest import (
     single_class_val_problem,
     validate_manifest,
 )
-from wsca_lightning.data.options import integer_problems, is_number, switch_problems
 from wsca_lightning.data.splits import (
     carve_validation,
     check_group_disjoint,
@@ -65,8 +64,8 @@ from wsca_lightning.data.splits import (
     group_split,
 )
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
-from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.plain import is_int, is_number, to_plain
+from wsca_lightning.problems import ConfigError, Problem, integer_problems, raise_if, switch_problems
 from wsca_lightning.tasks import HeadConfig, TaskSpec, check_heads
 
 __all__ = ["ImageLoadError", "ManifestDataModule", "ManifestImageDataset", "load_image"]

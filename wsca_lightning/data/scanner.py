@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from wsca_lightning.data.options import integer_range_problems
 from wsca_lightning.plain import is_int
-from wsca_lightning.problems import Problem, raise_if
+from wsca_lightning.problems import Problem, integer_range_problems, raise_if
 
 __all__ = [
     "BMI_MEAN_STD",

@@ -17,8 +17,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
-from wsca_lightning.data.options import integer_problems
-from wsca_lightning.problems import ConfigError, Problem
+from wsca_lightning.problems import ConfigError, Problem, integer_problems
 
 SPLIT_NAMES = ("train", "val", "test")
 SUBSET_MODES = ("full", "balanced", "biased")

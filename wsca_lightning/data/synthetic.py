@@ -82,7 +82,6 @@ import torch
 from torch import Tensor
 
 from wsca_lightning.data.base import GeneratedImageDataset, split_problems
-from wsca_lightning.data.options import is_number
 from wsca_lightning.data.scanner import (
     BMI_RANGE,
     PIXEL_SPACING_RANGE,
@@ -100,7 +99,7 @@ from wsca_lightning.data.scanner import (
     sector_mask,
 )
 from wsca_lightning.data.transforms import NORMALIZATIONS, normalize_image
-from wsca_lightning.plain import is_int
+from wsca_lightning.plain import is_int, is_number
 from wsca_lightning.problems import Problem, raise_if
 
 __all__ = [

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.problems import ConfigError, Problem
+from wsca_lightning.plain import to_plain
+from wsca_lightning.problems import ConfigError, Problem, integer_problems
 from wsca_lightning.summary import decision_p
 
 __all__ = ["ALARM_ACTIONS", "AlarmSettings", "ShortcutAlarm"]
@@ -58,8 +58,7 @@ class AlarmSettings:
             out.append(Problem("alarm.action", f"must be one of {', '.join(ALARM_ACTIONS)}, got {self.action!r}"))
         if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 < self.alpha < 1.0:
             out.append(Problem("alarm.alpha", f"must be in (0, 1), got {self.alpha!r}"))
-        if not is_int(self.patience) or self.patience < 1:
-            out.append(Problem("alarm.patience", f"must be an integer >= 1, got {self.patience!r}"))
+        out += integer_problems([("alarm.patience", self.patience, 1)])
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,8 +26,7 @@ from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn, batch_ent
 from wsca_lightning.attribution import AttributionSettings, TaskAttribution, attribute, shared_score
 from wsca_lightning.data.metadata_table import MetadataTable
 from wsca_lightning.interface import HeadWeights, SupportsWSC
-from wsca_lightning.plain import is_int
-from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.problems import ConfigError, Problem, integer_problems, raise_if
 from wsca_lightning.summary import analysis_entry, verdict
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
 from wsca_lightning.wsc.shared_direction import SharedDirection, shared_direction
@@ -180,9 +179,7 @@ class EpochEvaluator:
             problems.append(Problem("tasks", f"a list of head names or null, got {tasks!r}"))
         if protocol not in PROTOCOLS:
             problems.append(Problem("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"))
-        for key, value, low in (("subset_size", subset_size, 4), ("batch_size", batch_size, 1)):
-            if not is_int(value) or value < low:
-                problems.append(Problem(key, f"must be an integer >= {low}, got {value!r}"))
+        problems += integer_problems([("subset_size", subset_size, 4), ("batch_size", batch_size, 1)])
         problems += settings.problems()
         if not problems:
             try:

@@ -43,7 +43,7 @@ from wsca_lightning.metrics import BalancedAccuracy, MacroAUROC
 from wsca_lightning.models.gradient_reversal import ADVERSARIAL_SCHEDULES, adversarial_lambda, reverse_gradient
 from wsca_lightning.models.backbones import BACKBONE_NAMES, BACKBONE_REGISTRY
 from wsca_lightning.plain import is_int, to_plain
-from wsca_lightning.problems import ConfigError, Problem, raise_if
+from wsca_lightning.problems import ConfigError, Problem, raise_if, switch_problems
 from wsca_lightning.tasks import IGNORE_INDEX, TaskSpec
 
 EMBEDDINGS: tuple[str, ...] = ("pooled", "adaptation_map")
@@ -317,8 +317,7 @@ class MultiHeadModule(L.LightningModule):
         if channels_last is not None and not isinstance(channels_last, bool):
             problems.append(Problem("channels_last", f"must be true, false or null (on CUDA only), got "
                                                      f"{channels_last!r}"))
-        if not isinstance(compile_backbone, bool):
-            problems.append(Problem("compile_backbone", f"must be true or false, got {compile_backbone!r}"))
+        problems += switch_problems([("compile_backbone", compile_backbone)])
         problems.extend(MultiHeadModule._adversarial_problems(adversarial, names, primary, head_mode))
         return problems
 

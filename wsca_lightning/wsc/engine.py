@@ -66,7 +66,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from wsca_lightning.problems import Problem
+from wsca_lightning.problems import Problem, integer_problems
 
 from .analysis import TaskCorrelation, plain_float
 from .null import NullResult, blind_primary_null, permutation_null
@@ -129,9 +129,7 @@ class AnalysisSettings:
         out: list[Problem] = []
 
         def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                out.append(Problem(name, f"must be an integer >= {low}, got {value!r}"))
+            out.extend(integer_problems([(name, getattr(self, name), low)]))
 
         def number(name: str, low: float, high: float, *, closed_low: bool = False, closed_high: bool = False) -> None:
             value = getattr(self, name)
