@@ -15,6 +15,8 @@ from torch.utils.data import Dataset
 
 from wsca_lightning.attribution import (
     AttributionSettings,
+    attribute,
+    attribute_decisions,
     gradient_x_input,
     integrated_gradients,
     region_fraction,
@@ -29,7 +31,7 @@ from wsca_lightning.epoch_analysis.outputs import write_attributions
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.problems import ConfigError
 from wsca_lightning.wsc import AnalysisSettings
-from wsca_lightning.wsc.shared_direction import shared_direction
+from wsca_lightning.wsc.shared_direction import decision_rows, shared_direction
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 H, W = 16, 20
@@ -44,15 +46,17 @@ def patch_mask() -> torch.Tensor:
 
 class PatchModel(nn.Module):
     """Embedding z (d = 3): z0 = softplus(sum of the patch / 4), z1 = sum of the bottom-right 4 x 4 corner, z2 = mean
-    of row 12. The primary head's class a reads z0, class b z1; the metadata head's rows read z0 and z2: the primary
-    class most aligned with the metadata is a, which reads the patch alone. Implements the WSC interface."""
+    of row 12. The primary head has three classes: a reads z0, b and c read z1 with opposite signs, so the contrast
+    "a against the others" reads z0 alone and "b against c" z1 alone. The metadata head's three rows (summing to
+    zero) discriminate by z0 and z2: the primary contrast most aligned with the metadata is the first, which reads
+    the patch alone. Implements the WSC interface."""
 
     wsc_primary_task = "risk"
 
     def __init__(self) -> None:
         super().__init__()
-        self.primary = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        self.metadata = torch.tensor([[1.5, 0.0, 0.0], [0.0, 0.0, -1.0]])
+        self.primary = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
+        self.metadata = torch.tensor([[1.5, 0.0, 0.0], [0.0, 0.0, -1.0], [-1.5, 0.0, 1.0]])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         x = images[:, 0]
@@ -63,7 +67,8 @@ class PatchModel(nn.Module):
         return self.embed(batch["image"])
 
     def wsc_head_weights(self):
-        return {"risk": HeadWeights(self.primary, ("a", "b")), "site": HeadWeights(self.metadata, ("s0", "s1"))}
+        return {"risk": HeadWeights(self.primary, ("a", "b", "c")),
+                "site": HeadWeights(self.metadata, ("s0", "s1", "s2"))}
 
     def wsc_targets(self, batch):
         return batch["targets"]
@@ -73,8 +78,8 @@ class Images(Dataset):
     def __init__(self, n: int = 48) -> None:
         g = torch.Generator().manual_seed(0)
         self.images = torch.randn(n, 1, H, W, generator=g)
-        self.risk = torch.randint(0, 2, (n,), generator=g)
-        self.site = torch.randint(0, 2, (n,), generator=g)
+        self.risk = torch.randint(0, 3, (n,), generator=g)
+        self.site = torch.randint(0, 3, (n,), generator=g)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -90,32 +95,49 @@ def test_orthogonal_heads_share_nothing():
                             basis) is None
 
 
-def test_identical_heads_share_the_heads_dominant_direction():
+def test_a_softmax_heads_common_row_shift_is_no_decision_and_shares_nothing():
+    # both primary rows carry the same component along direction 2, which the metadata head reads: adding it to
+    # every logit changes no prediction, so after centring the primary head discriminates by direction 0 alone
+    primary = torch.tensor([[1.0, 0.0, 5.0], [-1.0, 0.0, 5.0]])
+    assert shared_direction(primary, torch.tensor([[0.0, 0.0, 1.0]]), torch.eye(3)) is None
+    # a one-row (sigmoid) head is a decision as it is: its component along direction 2 is shared
+    found = shared_direction(primary[:1], torch.tensor([[0.0, 0.0, 1.0]]), torch.eye(3))
+    assert found is not None and found.share == pytest.approx(5 / 26**0.5)
+    assert torch.equal(decision_rows(primary), torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))
+    assert torch.equal(decision_rows(primary[:1]), primary[:1])
+
+
+def test_identical_heads_share_their_contrast():
     head = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     found = shared_direction(head, head, torch.eye(3))
     assert found is not None
-    assert torch.allclose(found.direction, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-    assert found.strength == pytest.approx(3.0) and found.share == pytest.approx(1.0)
-    assert torch.allclose(found.class_weights, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # centred rows +-(1.5, -0.5, 0): one contrast, class a minus class b
+    assert torch.allclose(found.direction, torch.tensor([3.0, -1.0, 0.0], dtype=torch.float64) / 10**0.5)
+    assert found.strength == pytest.approx(5**0.5) and found.share == pytest.approx(1.0)
+    assert torch.allclose(found.class_weights, torch.tensor([1.0, -1.0], dtype=torch.float64) / 2**0.5)
 
 
-def test_the_direction_is_the_primary_class_combination_with_most_inside_the_metadata_span():
-    # primary rows mix directions 0 and 1; the metadata head spans direction 0 only (in a rotated basis)
+def test_the_direction_is_the_primary_class_contrast_with_most_inside_the_metadata_span():
+    # three primary classes (rows sum to zero) mix directions 0 and 1; the metadata head discriminates by direction 0
+    # only (in a rotated basis)
     rotation = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0]
     components = rotation[:3]  # (k=3, d=5), orthonormal rows
-    primary_k = torch.tensor([[1.0, 2.0, 0.0], [-2.0, 1.0, 0.0]], dtype=torch.float64)
+    primary_k = torch.tensor([[1.0, 2.0, 0.0], [-2.0, 1.0, 0.0], [1.0, -3.0, 0.0]], dtype=torch.float64)
     metadata_k = torch.tensor([[0.5, 0.0, 0.0], [-0.1, 0.0, 0.0]], dtype=torch.float64)
     found = shared_direction(primary_k, metadata_k, components)
     assert found is not None
-    # c = (-1, 2) / sqrt(5) (sign: its largest weight positive); c^T W'_p = (-sqrt(5), 0, 0): direction 0 only
-    assert torch.allclose(found.class_weights, torch.tensor([-1.0, 2.0], dtype=torch.float64) / 5**0.5)
-    assert torch.allclose(found.direction, -components[0])
-    assert found.strength == pytest.approx(5**0.5) and found.share == pytest.approx(1.0)
+    # the rows' direction-0 parts (1, -2, 1) give c = (-1, 2, -1) / sqrt(6) (sign: its largest weight positive), a
+    # contrast (weights sum to 0); c^T W'_p = (-6, 3, 0) / sqrt(6) also reads direction 1: share = sqrt(6) / |.|
+    assert torch.allclose(found.class_weights, torch.tensor([-1.0, 2.0, -1.0], dtype=torch.float64) / 6**0.5)
+    assert float(found.class_weights.sum()) == pytest.approx(0.0, abs=1e-12)
+    expected = torch.tensor([-6.0, 3.0, 0.0], dtype=torch.float64) / 45**0.5
+    assert torch.allclose(found.direction, components.T @ expected)
+    assert found.strength == pytest.approx(6**0.5) and found.share == pytest.approx(6 / 45**0.5)
     assert torch.allclose(found.shared_part, -components[0])
 
 
-def test_a_class_combination_partly_outside_the_span_has_a_share_below_one_and_is_attributed_whole():
-    primary_k = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+def test_a_direction_partly_outside_the_span_has_a_share_below_one_and_is_attributed_whole():
+    primary_k = torch.tensor([[3.0, 4.0, 0.0]], dtype=torch.float64)  # one sigmoid row
     found = shared_direction(primary_k, torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64),
                              torch.eye(3, dtype=torch.float64))
     assert found is not None
@@ -157,6 +179,29 @@ def test_integrated_gradients_are_complete(score_and_images):
     attributions = integrated_gradients(score, images, steps=64, batch_size=128)
     expected = score(images) - score(torch.zeros_like(images))
     assert torch.allclose(attributions.sum(dim=(1, 2, 3)).double(), expected, atol=1e-3, rtol=1e-3)
+
+
+def test_each_image_is_attributed_its_own_primary_decision():
+    model, images = PatchModel(), Images(9).images
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, -1])
+    rows = decision_rows(model.primary.to(torch.float64))
+    maps = attribute_decisions(model.wsc_embed, {"image": images}, images, labels, rows, "gradient_x_input")
+    inside = region_fraction(maps, patch_mask())
+    # class a against the others reads z0 (the patch) alone; b's and c's decisions also read the corner (z1)
+    assert torch.allclose(inside[labels == 0], torch.ones(3, dtype=torch.float64))
+    assert bool(((inside[(labels == 1) | (labels == 2)] > 0.01) & (inside[(labels == 1) | (labels == 2)] < 0.99)).all())
+    corner = torch.zeros(H, W)
+    corner[-4:, -4:] = 1.0
+    assert bool((region_fraction(maps[(labels == 1) | (labels == 2)], corner) > 0.01).all())
+    assert not bool(maps[-1].any())  # a missing label: no decision, a zero map
+    # each label's images are attributed with their own row: the same as attributing them one label at a time
+    one = attribute(shared_score(model.wsc_embed, {"image": images[labels == 1]}, rows[1]), images[labels == 1],
+                    "gradient_x_input")
+    assert torch.allclose(maps[labels == 1], one)
+    # a one-row (sigmoid) head: label 1 takes the row, label 0 its negation (same magnitude, opposite sign)
+    binary = attribute_decisions(model.wsc_embed, {"image": images[:2]}, images[:2].repeat(2, 1, 1, 1),
+                                 torch.tensor([1, 1, 0, 0]), model.primary[:1].to(torch.float64), "gradient_x_input")
+    assert torch.allclose(binary[2:], -binary[:2]) and bool(binary[:2].any())
 
 
 def test_integrated_gradients_do_not_depend_on_how_path_points_are_batched(score_and_images):
@@ -237,13 +282,20 @@ def test_the_evaluator_attributes_the_shared_direction_to_the_patch_and_writes_f
         assert result.indices == callback.evaluator.subset_indices(len(data))[:6]
         assert torch.allclose(region_fraction(result.attributions, patch_mask()), torch.ones(6, dtype=torch.float64))
         assert torch.equal(result.labels, data.site[result.indices])
+        # the control beside it, each image's own primary decision: class a's reads the patch alone
+        assert torch.equal(result.primary_labels, data.risk[result.indices])
+        expected = attribute_decisions(model.wsc_embed, {"image": result.images}, result.images, result.primary_labels,
+                                       decision_rows(model.primary.to(torch.float64)), method, steps=16)
+        assert torch.allclose(result.decision_attributions, expected.float(), atol=1e-6)
     figures = write_attributions({"site": result}, str(tmp_path), "risk", examples=2,
-                                 context={"classes": {"site": ["s0", "s1"]}})
+                                 context={"classes": {"site": ["s0", "s1", "s2"]}})
     assert Path(figures["site"]).read_bytes()[:8] == PNG_MAGIC
     record = json.loads((tmp_path / "attribution" / "site.json").read_text())
     assert record["method"] == "integrated_gradients" and record["n_images"] == 6 and record["steps"] == 16
     maps = np.load(tmp_path / "attribution" / "site.npz")
     assert maps["attributions"].shape == (6, H, W) and maps["indices"].tolist() == result.indices
+    assert maps["decision_attributions"].shape == (6, H, W)
+    assert maps["primary_labels"].tolist() == result.primary_labels.tolist()
 
 
 @pytest.mark.slow  # a tiny training run and wsca-analyze on its checkpoint
@@ -286,3 +338,17 @@ def test_wsca_report_shows_each_runs_attribution_figures(tmp_path):
     page = result.html.read_text()
     assert "shared direction with &#x27;site&#x27;" in page or "shared direction with 'site'" in page
     assert page.count("data:image/png;base64,") == len(result.figures)
+
+
+def test_the_figure_shows_the_decision_control_under_the_shared_direction_and_refuses_mismatched_maps():
+    from wsca_lightning.figures.attribution import attribution_figure
+
+    rng = np.random.default_rng(0)
+    images, shared, decisions = rng.random((3, 8, 10)), rng.normal(size=(3, 8, 10)), rng.normal(size=(3, 8, 10))
+    titles = [ax.get_title() for ax in attribution_figure(images, shared, decisions=decisions, examples=2).axes]
+    assert titles.count("shared direction |attribution|") == 2 and titles.count("primary decision |attribution|") == 2
+    assert "primary decision:\nmean |attribution|" in titles
+    without = [ax.get_title() for ax in attribution_figure(images, shared, examples=2).axes]
+    assert not any("primary decision" in t for t in without)
+    with pytest.raises(ValueError, match=r"must all be \(N, H, W\)"):
+        attribution_figure(images, shared, decisions=decisions[:2])

@@ -3,7 +3,10 @@
 :func:`wsca_lightning.wsc.shared_direction.shared_direction` turns a significant WSC into one unit vector ``u`` of the
 embedding space: the combination of the primary head's classes most aligned with the metadata head. The scalar ``s(x)
 = u . z(x)`` is then a function of the image, and its gradient says which pixels
-move it. Two gradient methods, written here (no Captum):
+move it. Beside it, :func:`attribute_decisions` attributes each image's own primary decision, the control: the
+shared direction is chosen for its overlap with the metadata, so it reads the metadata's pixels wherever the backbone
+encodes them, while the decision reads them only when the primary head uses them (measured in
+``experiments/marker_shortcut``). Two gradient methods, written here (no Captum):
 
 * :func:`gradient_x_input`: ``(x - x0) * ds/dx(x)``, one backward pass per image;
 * :func:`integrated_gradients` (Sundararajan et al., ICML 2017): ``(x - x0) * mean_a ds/dx(x0 + a (x - x0))`` over
@@ -37,6 +40,7 @@ __all__ = [
     "AttributionSettings",
     "TaskAttribution",
     "attribute",
+    "attribute_decisions",
     "gradient_x_input",
     "integrated_gradients",
     "region_fraction",
@@ -161,13 +165,34 @@ def shared_score(embed: Callable[[Any], Tensor], batch: Any, direction: Tensor,
     return score
 
 
+def attribute_decisions(embed: Callable[[Any], Tensor], batch: Any, inputs: Tensor, labels: Tensor, rows: Tensor,
+                        method: str, *, steps: int = 32, batch_size: int = 64,
+                        input_key: BatchKey | None = None) -> Tensor:
+    """Per-pixel attribution ``(N, H, W)`` of each image's own primary decision, the control for a shared direction:
+    ``s_i(x) = r_{y_i} . embed(x)``, ``r`` the primary head's decision rows
+    (:func:`~wsca_lightning.wsc.shared_direction.decision_rows`: a softmax head's centred rows; a sigmoid head's one
+    row, negated for label 0) and ``y_i`` the image's primary label (``labels`` ``(N,)``; -1, missing, gives a zero
+    map). The images of one label are attributed together."""
+    labels = torch.as_tensor(labels).to(device=inputs.device, dtype=torch.int64)
+    out = torch.zeros(inputs.shape[0], *inputs.shape[2:], dtype=inputs.dtype, device=inputs.device)
+    for label in labels[labels >= 0].unique().tolist():
+        if rows.shape[0] > 1:
+            row = rows[label]
+        else:
+            row = rows[0] if label == 1 else -rows[0]
+        chosen = labels == label
+        out[chosen] = attribute(shared_score(embed, batch, row, input_key), inputs[chosen], method, steps=steps,
+                                batch_size=batch_size)
+    return out
+
+
 # --- settings and results ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AttributionSettings:
     """The ``attribution`` option: which pixels carry the primary head's shared direction with a metadata task.
 
     ``method``: ``gradient_x_input`` (the default: on every hospital-shortcut run of ``experiments/marker_shortcut``
-    it puts over 5 times the marker's area share of its attribution on the marker, at about 1/31 of the cost of
+    it puts over 5 times the marker's area share of its attribution on the marker, at about 1/33 of the cost of
     integrated gradients) or ``integrated_gradients``; ``steps``:
     its path points; ``max_images``: the first images of the analysis subset attributed; ``examples``: of which
     this many are drawn with overlays; ``tasks``: null = every task whose verdict is significant, or these tasks
@@ -236,13 +261,20 @@ class TaskAttribution:
     images: Tensor  # (N, C, H, W) the model's inputs
     attributions: Tensor  # (N, H, W) signed, summed over channels
     labels: Tensor  # (N,) the task's labels of these images (-1 = missing)
+    decision_attributions: Tensor  # (N, H, W) signed: each image's own primary decision (attribute_decisions)
+    primary_labels: Tensor  # (N,) the primary labels whose decisions those are (-1 = missing: a zero map)
     strength: float  # the shared part's singular value
     share: float  # cosine between the attributed direction and the metadata head's span
-    seconds: float  # attribution time (all images)
+    seconds: float  # the shared direction's attribution time (all images)
+    decision_seconds: float  # the decisions' attribution time (all images; computed once for every task)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain-Python part (``wsc/attribution/<task>.json``)."""
         return {"task": self.task, "method": self.method, "steps": self.steps, "n_images": len(self.indices),
                 "indices": list(self.indices), "strength": self.strength,
                 "share": self.share, "seconds": self.seconds,
-                "seconds_per_image": self.seconds / max(1, len(self.indices))}
+                "seconds_per_image": self.seconds / max(1, len(self.indices)),
+                "decision_seconds": self.decision_seconds,
+                "maps": {"attributions": "the shared direction u . z(x) (the primary classes' contrast most aligned "
+                                         "with the task)",
+                         "decision_attributions": "each image's own primary decision (the control)"}}

@@ -1,6 +1,7 @@
-"""Measure where the attribution of the risk head's shared direction with the hospital falls, per run of the
-``marker_shortcut`` sweep: the share of absolute attribution on each analysed image's own burnt-in marker, against
-the marker's share of the image (its area), for each gradient method.
+"""Measure where the attribution of the risk head's shared direction with the hospital, and of each image's own
+risk decision (the control), falls, per run of the ``marker_shortcut`` sweep: the share of absolute attribution on
+each analysed image's own burnt-in marker, against the marker's share of the image (its area), for each gradient
+method.
 
     python experiments/marker_shortcut/measure.py <sweep dir> [--out <dir>] [--methods gradient_x_input ...]
 
@@ -57,18 +58,20 @@ def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images
         wall = time.perf_counter() - start
         maps = np.load(target / "wsc" / "attribution" / f"{TASK}.npz")
         info = json.loads((target / "wsc" / "attribution" / f"{TASK}.json").read_text())
-        attributions = torch.from_numpy(maps["attributions"])
         labels = torch.from_numpy(maps["labels"])
-        h, w = attributions.shape[1:]
+        h, w = maps["attributions"].shape[1:]
         masks = hospital_marker_masks(int(data.num_hospitals), h, w)[labels]  # each image's own marker
-        fraction = region_fraction(attributions, masks)
         share = region_share(masks)
-        record["methods"][method] = {
-            "fraction": float(fraction.mean()), "marker_area_share": float(share.mean()),
-            "concentration": float(fraction.mean() / share.mean()),
-            "concentration_per_image_median": float((fraction / share).median()),
-            "n_images": int(len(labels)), "seconds_per_image": info["seconds_per_image"],
-            "direction_share": info["share"], "analyze_seconds": wall}
+        record["methods"][method] = {"marker_area_share": float(share.mean()), "n_images": int(len(labels)),
+                                     "seconds_per_image": info["seconds_per_image"],
+                                     "decision_seconds_per_image": info["decision_seconds"] / len(labels),
+                                     "direction_share": info["share"], "analyze_seconds": wall}
+        for prefix, key in (("", "attributions"), ("decision_", "decision_attributions")):
+            fraction = region_fraction(torch.from_numpy(maps[key]), masks)
+            record["methods"][method].update({
+                f"{prefix}fraction": float(fraction.mean()),
+                f"{prefix}concentration": float(fraction.mean() / share.mean()),
+                f"{prefix}concentration_per_image_median": float((fraction / share).median())})
     return record
 
 
@@ -92,17 +95,19 @@ def main() -> None:
         records.append(json.loads(kept.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     (out / "marker_fraction.json").write_text(json.dumps(records, indent=2))
+    print("concentration = mean fraction of |attribution| on the image's own marker / the marker's area share")
     head = "| training set | seed | hospital verdict (p) | " + " | ".join(
-        f"{m}: fraction on marker / marker area = concentration" for m in args.methods) + " |"
+        f"{m}: shared direction | {m}: primary decision" for m in args.methods) + " |"
     print(head)
-    print("|" + "---|" * (3 + len(args.methods)))
+    print("|" + "---|" * (3 + 2 * len(args.methods)))
     for r in records:
-        cells = [f"{r['methods'][m]['fraction']:.4f} / {r['methods'][m]['marker_area_share']:.5f} = "
-                 f"**{r['methods'][m]['concentration']:.1f}x**" for m in args.methods]
+        cells = [f"**{r['methods'][m][prefix + 'concentration']:.1f}x**" for m in args.methods
+                 for prefix in ("", "decision_")]
         print(f"| {r['mode']} | {r['seed']} | {r['verdict']} ({r['test_p']:.3f}) | " + " | ".join(cells) + " |")
     for mode in sorted({r["mode"] for r in records}):
         group = [r for r in records if r["mode"] == mode]
-        cells = [f"mean {np.mean([r['methods'][m]['concentration'] for r in group]):.1f}x" for m in args.methods]
+        cells = [f"mean {np.mean([r['methods'][m][prefix + 'concentration'] for r in group]):.1f}x"
+                 for m in args.methods for prefix in ("", "decision_")]
         print(f"| {mode} | mean of {len(group)} | | " + " | ".join(cells) + " |")
     for m in args.methods:
         per_image = [r["methods"][m]["seconds_per_image"] for r in records]

@@ -23,13 +23,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from wsca_lightning.attach import AttributeView, BatchKey, MetadataFn, batch_entry, metadata_source
-from wsca_lightning.attribution import AttributionSettings, TaskAttribution, attribute, shared_score
+from wsca_lightning.attribution import (
+    AttributionSettings,
+    TaskAttribution,
+    attribute,
+    attribute_decisions,
+    shared_score,
+)
 from wsca_lightning.data.metadata_table import MetadataTable
 from wsca_lightning.interface import HeadWeights, SupportsWSC
 from wsca_lightning.problems import ConfigError, Problem, integer_problems, raise_if
 from wsca_lightning.summary import analysis_entry, verdict
 from wsca_lightning.wsc import AnalysisSettings, WSCAnalysis, analyze_embeddings, split_subset
-from wsca_lightning.wsc.shared_direction import SharedDirection, shared_direction
+from wsca_lightning.wsc.shared_direction import SharedDirection, decision_rows, shared_direction
 
 __all__ = [
     "PROTOCOLS",
@@ -448,10 +454,15 @@ class EpochEvaluator:
     ) -> dict[str, TaskAttribution]:
         """Attribute each shared direction ``s(x) = u . z(x)`` to the pixels of the first ``settings.max_images``
         images of the analysis subset of ``dataset`` (:mod:`wsca_lightning.attribution`), with the module in eval
-        mode and its parameters' gradients untouched (restored to its train/eval state afterwards).
+        mode and its parameters' gradients untouched (restored to its train/eval state afterwards); and, once for all
+        tasks, each of those images' own primary decision, the control
+        (:func:`~wsca_lightning.attribution.attribute_decisions`).
 
         The batch's input entry (``input_key``) is replaced by the attributed images, so ``wsc_embed`` must compute
         the embedding from that entry (the built-in module and modules read by attribute paths do)."""
+        out: dict[str, TaskAttribution] = {}
+        if not directions:
+            return out
         dataset = analysis_view(dataset)
         indices = self.subset_indices(len(dataset))[: settings.max_images]
         reader = self.reader(module)
@@ -460,24 +471,30 @@ class EpochEvaluator:
             batches = [to_device(batch) for batch in batches]
         was_training = module.training
         module.eval()
-        out: dict[str, TaskAttribution] = {}
+        primary = reader.wsc_primary_task
+        rows = decision_rows(reader.wsc_head_weights()[primary].weight.detach().to(torch.float64))
+        inputs = [torch.as_tensor(batch_entry(batch, self.input_key, "input")).detach().float() for batch in batches]
         try:
+            start = time.perf_counter()
+            primary_labels = [torch.as_tensor(reader.wsc_targets(batch)[primary]).to(torch.int64) for batch in batches]
+            decisions = torch.cat([
+                attribute_decisions(reader.wsc_embed, batch, x, y, rows, settings.method, steps=settings.steps,
+                                    batch_size=settings.batch_size, input_key=self.input_key).cpu()
+                for batch, x, y in zip(batches, inputs, primary_labels)])
+            decision_seconds = time.perf_counter() - start
             for name, direction in directions.items():
                 start = time.perf_counter()
-                maps, images, labels = [], [], []
-                for batch in batches:
-                    inputs = torch.as_tensor(batch_entry(batch, self.input_key, "input")).detach().float()
-                    score = shared_score(reader.wsc_embed, batch, direction.direction, self.input_key)
-                    maps.append(attribute(score, inputs, settings.method, steps=settings.steps,
-                                          batch_size=settings.batch_size).cpu())
-                    images.append(inputs.cpu())
-                    labels.append(torch.as_tensor(reader.wsc_targets(batch)[name]).to(torch.int64).cpu())
+                maps = [attribute(shared_score(reader.wsc_embed, batch, direction.direction, self.input_key), x,
+                                  settings.method, steps=settings.steps, batch_size=settings.batch_size).cpu()
+                        for batch, x in zip(batches, inputs)]
+                labels = [torch.as_tensor(reader.wsc_targets(batch)[name]).to(torch.int64).cpu() for batch in batches]
                 out[name] = TaskAttribution(
                     task=name, method=settings.method,
                     steps=settings.steps if settings.method == "integrated_gradients" else None,
-                    indices=list(indices), images=torch.cat(images), attributions=torch.cat(maps),
-                    labels=torch.cat(labels), strength=direction.strength,
-                    share=direction.share, seconds=time.perf_counter() - start)
+                    indices=list(indices), images=torch.cat([x.cpu() for x in inputs]),
+                    attributions=torch.cat(maps), labels=torch.cat(labels), decision_attributions=decisions,
+                    primary_labels=torch.cat([y.cpu() for y in primary_labels]), strength=direction.strength,
+                    share=direction.share, seconds=time.perf_counter() - start, decision_seconds=decision_seconds)
         finally:
             module.train(was_training)
         return out

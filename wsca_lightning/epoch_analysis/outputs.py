@@ -42,7 +42,8 @@ ATTRIBUTION_DIR = "attribution"
 def write_attributions(results: Mapping[str, TaskAttribution], directory: str, primary: str, *, examples: int,
                        context: Mapping[str, Any] | None = None, plots: bool = True) -> dict[str, str]:
     """Write each task's attribution under ``<directory>/attribution/``: ``<task>.json`` (method, images, timing,
-    plus ``context``, e.g. the epoch), ``<task>.npz`` (``attributions`` ``(N, H, W)``, ``indices``, ``labels``) and,
+    plus ``context``, e.g. the epoch), ``<task>.npz`` (``attributions`` ``(N, H, W)`` of the shared direction,
+    ``decision_attributions`` of each image's primary decision, ``indices``, ``labels``, ``primary_labels``) and,
     with ``plots``, ``<task>.png`` (:func:`~wsca_lightning.figures.attribution.attribution_figure`). Returns the
     figures' paths by task."""
     out_dir = os.path.join(directory, ATTRIBUTION_DIR)
@@ -52,17 +53,20 @@ def write_attributions(results: Mapping[str, TaskAttribution], directory: str, p
         base = os.path.join(out_dir, name)
         write_json({"primary": primary, **dict(context or {}), **result.to_dict()}, base + ".json")
         np.savez_compressed(base + ".npz", attributions=result.attributions.numpy().astype(np.float32),
-                            indices=np.asarray(result.indices), labels=result.labels.numpy())
+                            decision_attributions=result.decision_attributions.numpy().astype(np.float32),
+                            indices=np.asarray(result.indices), labels=result.labels.numpy(),
+                            primary_labels=result.primary_labels.numpy())
         if plots:
             label_names = dict(context or {}).get("classes", {}).get(name)
             captions = [f"row {i}" + (f", {label_names[int(y)]}" if label_names and 0 <= int(y) < len(label_names)
                                       else "") for i, y in zip(result.indices, result.labels.tolist())]
             method = result.method + (f", {result.steps} steps" if result.steps else "")
-            title = (f"{primary} head's classes most aligned with {name!r} ({method}; cosine with its span "
-                     f"{result.share:.2f})")
+            title = (f"middle: the {primary} head's class contrast most aligned with {name!r} (cosine with its span "
+                     f"{result.share:.2f}); bottom: each image's own {primary} decision ({method})")
             figures[name] = base + ".png"
             save_figure(attribution_figure(result.images[:, 0].numpy(), result.attributions.numpy(),
-                                           examples=examples, captions=captions, title=title), figures[name])
+                                           decisions=result.decision_attributions.numpy(), examples=examples,
+                                           captions=captions, title=title), figures[name])
     return figures
 
 

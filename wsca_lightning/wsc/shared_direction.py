@@ -7,15 +7,18 @@ To ask *what in the image* carries that, the shared part has to become one scala
 The choice made here, in the projected space the WSC itself used (``W' = W V_k``, ``V_k`` the ``d x k`` principal
 basis):
 
-1. ``Q`` = orthogonal projector onto the row space of the projected metadata head ``W'_m`` (``k x k``): every
-   direction the metadata head reads;
-2. ``S = W'_p Q``: each primary row's component inside that span (zero when the heads are orthogonal, the whole
-   head when they span the same directions);
+0. a softmax head's rows are centred first (its mean row removed; a one-row sigmoid head is kept as it is). A row
+   shift common to every class changes no prediction, so only the centred rows are decisions the head makes, and
+   only they say which directions a head discriminates by;
+1. ``Q`` = orthogonal projector onto the row space of the centred metadata head ``W'_m``: every direction the
+   metadata head discriminates by;
+2. ``S = W'_p Q``: each centred primary row's component inside that span (zero when the heads are orthogonal);
 3. ``S = U Sigma V^T``; ``c = U[:, 0]`` weighs the primary classes so that their combination ``c^T W'_p`` has the
-   largest component inside the metadata span (``strength = Sigma[0]``). That combination of the primary head's own
-   logits, mapped back to the embedding space and normalised, ``u = V_k W'_p^T c / ||W'_p^T c||``, is the
-   attributed direction: a decision the primary head actually computes. ``share = strength / ||W'_p^T c||`` is the
-   cosine between it and the metadata span (1: it lies inside; near 0: the head shares almost nothing).
+   largest component inside the metadata span (``strength = Sigma[0]``). As the rows are centred, that combination
+   is a contrast of the primary head's logits (its weights sum to zero for a softmax head): a decision the head
+   actually computes. Mapped back to the embedding space and normalised, ``u = V_k W'_p^T c / ||W'_p^T c||`` is the
+   attributed direction; ``share = strength / ||W'_p^T c||`` is the cosine between it and the metadata span (1: it
+   lies inside; near 0: the head shares almost nothing).
 
 Why not ``V[:, 0]``, the shared part itself: it lies inside the metadata head's span by construction, so its
 attribution finds the metadata's own pixels whatever the primary head does. Measured on the built-in data (the
@@ -23,9 +26,12 @@ attribution finds the metadata's own pixels whatever the primary head does. Meas
 that direction still put 22x the marker's area share of its gradient x input attribution on the hospital marker.
 It is kept as :attr:`SharedDirection.shared_part` for inspection.
 
-Rows are taken as they are, as the WSC matrix takes them (a softmax head's common row shift is not removed). Signs
-are fixed so that the class with the largest weight in ``c`` has a positive one (the sign does not change absolute
-attributions).
+Even the contrast ``u`` is *chosen* for its overlap with the metadata span, so in a model whose backbone encodes the
+metadata strongly it can read the metadata's pixels when the primary head does not use them; the primary head's own
+decision (:func:`decision_rows`) is the control that separates the two (``experiments/marker_shortcut``).
+
+Signs are fixed so that the class with the largest weight in ``c`` (the first of equal ones) has a positive one (the
+sign does not change absolute attributions).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SharedDirection", "shared_direction"]
+__all__ = ["SharedDirection", "decision_rows", "shared_direction"]
 
 #: Singular values below this share of the largest one are treated as zero (rank of the metadata head, and an
 #: empty shared part), in float64.
@@ -54,6 +60,12 @@ class SharedDirection:
     strength: float  # top singular value of the shared part S
     share: float  # cosine between u's projected form and the metadata head's span (0..1)
     shared_part: Tensor  # (d,) unit vector of the shared part itself, V_k V[:, 0], inside the metadata span
+
+
+def decision_rows(weight: Tensor) -> Tensor:
+    """A head's rows ``(C, ...)`` as decisions: a softmax head's (``C >= 2``) minus their mean row, a one-row sigmoid
+    head's as they are (module docstring, step 0)."""
+    return weight - weight.mean(dim=0, keepdim=True) if weight.shape[0] > 1 else weight
 
 
 def _row_space_projector(weight: Tensor) -> Tensor:
@@ -86,8 +98,8 @@ def shared_direction(primary_k: Tensor, metadata_k: Tensor, components: Tensor) 
     if primary_k.shape[1] != k or metadata_k.shape[1] != k:
         raise ValueError(f"primary_k {tuple(primary_k.shape)} and metadata_k {tuple(metadata_k.shape)} must have "
                          f"k = {k} columns, as components {tuple(components.shape)} has rows")
-    p = primary_k.detach().to(dtype=torch.float64)
-    m = metadata_k.detach().to(device=p.device, dtype=torch.float64)
+    p = decision_rows(primary_k.detach().to(dtype=torch.float64))
+    m = decision_rows(metadata_k.detach().to(device=p.device, dtype=torch.float64))
     basis = components.detach().to(device=p.device, dtype=torch.float64)
     if not (bool(torch.isfinite(p).all()) and bool(torch.isfinite(m).all())):
         return None
@@ -100,7 +112,10 @@ def shared_direction(primary_k: Tensor, metadata_k: Tensor, components: Tensor) 
     if strength <= _RANK_TOLERANCE * primary_norm:
         return None
     weights, part = u[:, 0], vh[0]
-    if weights[weights.abs().argmax()] < 0:  # fix the signs (module docstring); S^T c = strength * part keeps holding
+    # fix the signs (module docstring; on ties, e.g. a two-class contrast, the first class); S^T c = strength * part
+    # keeps holding
+    lead = int((weights.abs() >= weights.abs().max() * (1 - _RANK_TOLERANCE)).nonzero()[0])
+    if weights[lead] < 0:
         weights, part = -weights, -part
     contrast = weights @ p  # (k,): the combination of the primary head's rows
     norm = float(torch.linalg.vector_norm(contrast))
