@@ -1,12 +1,17 @@
-"""One distributed run of the WSC callback for tests/test_distributed.py, in its own process tree:
+"""Distributed runs of the WSC callback for tests/test_distributed.py, in their own process tree:
 
-    python tests/ddp_worker.py OUT DEVICES [--fail embed:RANK | --fail analysis]
+    python tests/ddp_worker.py --run OUT DEVICES [FAIL] [--run OUT DEVICES [FAIL] ...]
+
+``FAIL``: ``embed:RANK`` or ``analysis``. The runs are made one after the other, each in a process forked from this
+one (``import lightning`` and the rest once for all of them, instead of once per run), with its own output in
+``OUT/output.txt`` and its outcome in ``OUT/result.json``: exit code, seconds, and any process of it still running
+afterwards (it is killed). A run that outlives ``--timeout`` is killed and recorded as such.
 
 Fixed weights: learning rate 0, no weight decay and BatchNorm momentum 0 (running statistics stay at their initial
-values), so runs on 1 and on 2 processes (``ddp_fork``, gloo: the ranks fork from this process instead of starting
-and importing everything again; ``ddp_spawn`` is tested through ``wsca-train trainer=ddp_spawn``) embed the same
-images with the same model and their logged WSC values must agree. Every file the callback writes is recorded per
-rank in ``OUT/writes/rank<R>.txt``. A 2-process run without ``--fail`` also exercises the collective helpers
+values), so runs on 1 and on 2 processes (``ddp_fork``, gloo: the ranks fork from the run's process instead of
+starting and importing everything again; ``ddp_spawn`` is tested through ``wsca-train trainer=ddp_spawn``) embed the
+same images with the same model and their logged WSC values must agree. Every file the callback writes is recorded
+per rank in ``OUT/writes/rank<R>.txt``. A 2-process run without a failure also exercises the collective helpers
 directly on the trainer's process group before training (``OUT/agreement_rank<R>.json``).
 """
 
@@ -14,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +52,7 @@ def recording_writes(write: Callable[..., Any], path_position: int) -> Callable[
     return wrapper
 
 
-# module level, so the spawned processes (which re-import this file) record too
+# module level: every run's process and the ranks it forks inherit the recording
 outputs.write_table = recording_writes(outputs.write_table, 1)
 outputs.write_summary = recording_writes(outputs.write_summary, 1)
 outputs.save_figure = recording_writes(outputs.save_figure, 1)
@@ -107,14 +115,9 @@ class Agreement(L.Callback):
         (self.out / f"agreement_rank{local_rank}.json").write_text(json.dumps(record))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out", type=Path)
-    parser.add_argument("devices", type=int)
-    parser.add_argument("--fail", default=None, help="embed:RANK or analysis")
-    args = parser.parse_args()
-    (args.out / "writes").mkdir(parents=True, exist_ok=True)
-    os.environ["WSCA_TEST_WRITES"] = str(args.out / "writes")
+def train_once(out: Path, devices: int, fail: str | None) -> None:
+    (out / "writes").mkdir(parents=True, exist_ok=True)
+    os.environ["WSCA_TEST_WRITES"] = str(out / "writes")
 
     L.seed_everything(0)
     datamodule = SyntheticUltrasoundDataModule(num_train=75, num_val=32, batch_size=16, image_size=(32, 48), seed=0)
@@ -129,25 +132,92 @@ def main() -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = 0.0
-    if args.fail and args.fail.startswith("embed:"):
-        model.fail_rank = int(args.fail.split(":")[1])
-    callback_cls = AnalysisFailure if args.fail == "analysis" else WeightSpaceCorrelation
+    if fail and fail.startswith("embed:"):
+        model.fail_rank = int(fail.split(":")[1])
+    callback_cls = AnalysisFailure if fail == "analysis" else WeightSpaceCorrelation
     # 61 of 75 images: an odd subset, so the two shards differ in size
     callback = callback_cls(subset_size=61, batch_size=16, num_permutations=20, num_bootstrap=20, seed=0,
-                            dirpath=str(args.out / "wsc"))
+                            dirpath=str(out / "wsc"))
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=args.devices,
-        strategy="ddp_fork" if args.devices > 1 else "auto",
+        devices=devices,
+        strategy="ddp_fork" if devices > 1 else "auto",
         max_epochs=2,
-        logger=CSVLogger(str(args.out), name="csv"),
-        callbacks=[callback, *([Agreement(args.out)] if args.devices == 2 and not args.fail else [])],
+        logger=CSVLogger(str(out), name="csv"),
+        callbacks=[callback, *([Agreement(out)] if devices == 2 and not fail else [])],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
     )
     trainer.fit(model, datamodule=datamodule)
+
+
+def run_with_output_in(out: Path, devices: int, fail: str | None) -> None:
+    """The body of a run's process: everything it and its ranks print goes to ``OUT/output.txt``."""
+    fd = os.open(out / "output.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    train_once(out, devices, fail)
+
+
+def others_in_group() -> list[str]:
+    """The live processes of this process group other than this one (zombies do not count), from /proc."""
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):  # the process ended while we looked
+            continue
+        if fields[0] != "Z" and int(fields[2]) == os.getpgrp() and pid != os.getpid():
+            left.append(f"{pid} {command}")
+    return left
+
+
+def kill_others_in_group() -> None:
+    for line in others_in_group():
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def run_forked(out: Path, devices: int, fail: str | None, timeout: float) -> dict[str, Any]:
+    """One run in a process forked from this one (multiprocessing's fork: an exception is printed and exits 1, as
+    from an interpreter of its own); its exit code, its seconds, and what of it outlived it."""
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    process = multiprocessing.get_context("fork").Process(target=run_with_output_in, args=(out, devices, fail))
+    process.start()
+    process.join(timeout)
+    timed_out = process.exitcode is None
+    if timed_out:
+        kill_others_in_group()
+        process.join()
+    seconds = time.monotonic() - start
+    deadline = time.monotonic() + 10  # helpers such as multiprocessing's resource tracker exit on their own
+    while others_in_group() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = others_in_group()
+    kill_others_in_group()
+    return {"exitcode": process.exitcode, "seconds": seconds, "timed_out": timed_out, "left": left}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", nargs="+", action="append", required=True, metavar="OUT DEVICES [FAIL]",
+                        help="FAIL: embed:RANK or analysis")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds each run may take")
+    args = parser.parse_args()
+    if os.getpgrp() != os.getpid():  # a group of its own: what it kills and checks is only its runs' processes
+        os.setpgid(0, 0)
+    for out, devices, *fail in args.run:
+        result = run_forked(Path(out), int(devices), fail[0] if fail else None, args.timeout)
+        (Path(out) / "result.json").write_text(json.dumps(result))
+        print(out, result, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@
   probe, so ``p = 1 / (B + 1)`` -- with ``B = 20`` that is 0.0476 < 0.05 at every epoch -- and its labels are the
   primary labels, linearly encoded in the inputs, so the encodability gate passes. ``other`` has labels drawn
   independently of the inputs: never interpretable, never counted.
-* The SIGKILL test runs the real Hydra app in a subprocess, kills it (SIGKILL, no cleanup) in the middle of an
-  epoch, and resumes from ``last.ckpt``: the history and the alarm counters must continue from the checkpointed
-  epoch, without gaps, duplicates or a reset counter.
+* The SIGKILL test runs the real Hydra app in a process of its own (forked from one launch for both scenarios),
+  kills it (SIGKILL, no cleanup) in the middle of an epoch, and resumes from ``last.ckpt``: the history and the
+  alarm counters must continue from the checkpointed epoch, without gaps, duplicates or a reset counter.
 * ``last.ckpt`` must be rewritten at every epoch end even when the monitored val/loss gets worse.
 """
 
@@ -245,12 +245,14 @@ def test_update_rule_counts_only_interpretable_and_strictly_significant_epochs()
 # training split; lr=0.02 (AdamW) moves the freshly initialised risk and scanner heads far enough along the same
 # gradient within the first epoch that the scanner head's WSC beats all 20 permuted probes from epoch 0 on (with
 # the default lr=1e-3 both heads are still near their random init after 3 steps and p is ~0.3 for several epochs,
-# which would leave the checkpointed counter at 0). Small images, a small bootstrap and no plots keep an epoch
-# around a second (one torch thread).
+# which would leave the checkpointed counter at 0). Small images, a small bootstrap, no plots and the analysis of
+# the watched task alone (the others' probes, which do not converge at this lr, took two thirds of an epoch; the
+# scanner's values are the same either way) keep an epoch around a second (one torch thread).
 KILL_RESUME_OVERRIDES = [
     "data.shortcut_strength=1.0",
     "data.image_size=[32,48]",
     "model.optimizer.lr=0.02",
+    "callbacks.wsc.tasks=[scanner]",
     "callbacks.wsc.alarm.tasks=[scanner]",
     "callbacks.wsc.alarm.patience=10",  # never reached: training must not stop
     "callbacks.wsc.num_permutations=20",  # smallest p = 1/21 < 0.05
@@ -259,41 +261,63 @@ KILL_RESUME_OVERRIDES = [
     "callbacks.wsc.save_plots=false",
 ]
 
+# One launch for both kill scenarios: the script imports the app once, then trains each scenario in a process
+# forked from it (multiprocessing's fork), which kills itself with SIGKILL in the middle of an epoch; its output goes
+# to <dir>/stdout.txt and <dir>/stderr.txt, and the script prints, per scenario, how that process ended.
 KILL_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, multiprocessing, os, signal, sys, time
+    from pathlib import Path
+
     import lightning as L
 
     sys.path.insert(0, sys.argv[1])
     from conftest import TINY
+    from wsca_lightning.callbacks import WeightSpaceCorrelation
     from wsca_lightning.cli.train import compose_train_config
     from wsca_lightning.cli.train import train
 
     class KillMidEpoch(L.Callback):
+        def __init__(self, kill_epoch):
+            self.kill_epoch = kill_epoch
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            kill_epoch = int(os.environ.get("WSCA_TEST_KILL_EPOCH", "2"))
-            if trainer.current_epoch == kill_epoch and batch_idx == 1:  # 96 / 32 = 3 batches an epoch: mid-epoch
+            if trainer.current_epoch == self.kill_epoch and batch_idx == 1:  # 96 / 32 = 3 batches an epoch: mid-epoch
                 sys.stdout.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    slow_epoch = int(os.environ.get("WSCA_TEST_SLOW_ANALYSIS_EPOCH", "-1"))
-    if slow_epoch >= 0:  # that epoch's background analysis is still running when the kill comes
-        import time
-        from wsca_lightning.callbacks import WeightSpaceCorrelation
+    def train_until_killed(directory, kill_epoch, slow_epoch, overrides):
+        for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
+            with open(Path(directory, name), "wb") as handle:
+                os.dup2(handle.fileno(), fd)
+        if slow_epoch >= 0:  # that epoch's background analysis is still running when the kill comes
+            run_analysis = WeightSpaceCorrelation._run_analysis
 
-        run_analysis = WeightSpaceCorrelation._run_analysis
+            def slow(self, pending):
+                if pending.epoch == slow_epoch:
+                    time.sleep(120)
+                return run_analysis(self, pending)
 
-        def slow(self, pending):
-            if pending.epoch == slow_epoch:
-                time.sleep(120)
-            return run_analysis(self, pending)
+            WeightSpaceCorrelation._run_analysis = slow
 
-        WeightSpaceCorrelation._run_analysis = slow
+        run = Path(directory, "run")
+        train(compose_train_config(run, [*TINY, *overrides]), extra_callbacks=[KillMidEpoch(kill_epoch)])
+        print("NOT KILLED")
 
-    run = sys.argv[2]
-    overrides = [*TINY, *sys.argv[3:]]
-    train(compose_train_config(run, overrides), extra_callbacks=[KillMidEpoch()])
-    print("NOT KILLED")
+    outcomes = {}
+    for name, (directory, kill_epoch, slow_epoch, overrides) in json.loads(sys.argv[2]).items():
+        process = multiprocessing.get_context("fork").Process(
+            target=train_until_killed, args=(directory, kill_epoch, slow_epoch, overrides))
+        process.start()
+        process.join(100)
+        hung = process.exitcode is None  # never killed itself
+        if hung:
+            process.kill()
+            process.join()
+        # reaped: no process and no zombie left of it
+        outcomes[name] = {"exitcode": process.exitcode, "hung": hung,
+                          "gone": not Path(f"/proc/{process.pid}").exists()}
+    print(json.dumps(outcomes))
     """
 )
 
@@ -317,37 +341,66 @@ def wsc_state(ckpt: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def kill_scenario(in_flight: bool) -> tuple[int, int, list[str]]:
+    """The last completed (checkpointed) epoch, the epochs to train, and the overrides: synchronous, killed in epoch 2
+    after epoch 1's analysis and checkpoint; asynchronous, ``in_flight``, killed in epoch 3 while epoch 2's analysis
+    still runs in the background. The kill comes in the last epoch; the resume trains it again."""
+    last = 2 if in_flight else 1
+    epochs = last + 2
+    overrides = [*KILL_RESUME_OVERRIDES, f"trainer.max_epochs={epochs}", f"callbacks.wsc.async_analysis={in_flight}"]
+    return last, epochs, overrides
+
+
+@pytest.fixture(scope="module")
+def killed_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, tuple[Path, dict[str, Any]]]:
+    """Both scenarios, each killed with SIGKILL mid-epoch, from one launch of KILL_SCRIPT (the app imported once):
+    per ``in_flight``, the scenario's directory (``run``, ``stdout.txt``, ``stderr.txt``) and how its process
+    ended."""
+    base = tmp_path_factory.mktemp("killed")
+    scenarios = {}
+    for in_flight in (False, True):
+        last, _, overrides = kill_scenario(in_flight)
+        directory = base / ("analysis-in-flight" if in_flight else "synchronous")
+        directory.mkdir()
+        scenarios[str(in_flight)] = (str(directory), last + 1, last if in_flight else -1, overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # a session of its own: a timeout kills the launch and the scenario's process it forked
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(TESTS_DIR), json.dumps(scenarios)],
+                            cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, (proc.returncode, stdout[-2000:], stderr[-4000:])
+    # nothing is left running: the launch is reaped (no zombie, no process) and this process has no children
+    if Path("/proc/self/stat").exists():  # Linux
+        assert not Path(f"/proc/{proc.pid}").exists()
+        assert _children_of(os.getpid()) == []
+    outcomes = json.loads(stdout.strip().splitlines()[-1])
+    return {in_flight: (Path(scenarios[str(in_flight)][0]), outcomes[str(in_flight)]) for in_flight in (False, True)}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 @pytest.mark.parametrize("in_flight", [False, True], ids=["synchronous", "analysis-in-flight"])
-def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(tmp_path, in_flight):
+def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(killed_runs, in_flight):
     """Synchronous: killed in epoch 2, after epoch 1's analysis and checkpoint. Asynchronous, ``in_flight``: killed
     in epoch 3 while epoch 2's analysis still runs in the background; epoch 2's checkpoint carries its inputs."""
     from conftest import TINY
     from wsca_lightning.cli.train import compose_train_config
 
-    run = tmp_path / "run"
-    last = 2 if in_flight else 1  # the last completed (checkpointed) epoch
-    epochs = last + 3
-    overrides = [*KILL_RESUME_OVERRIDES, f"trainer.max_epochs={epochs}", f"callbacks.wsc.async_analysis={in_flight}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WSCA_TEST_KILL_EPOCH": str(last + 1)}
-    if in_flight:
-        env["WSCA_TEST_SLOW_ANALYSIS_EPOCH"] = str(last)
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(TESTS_DIR), str(run), *overrides],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, stdout[-2000:], stderr[-4000:])
+    directory, outcome = killed_runs[in_flight]
+    run = directory / "run"
+    last, epochs, overrides = kill_scenario(in_flight)
+    stdout, stderr = (directory / "stdout.txt").read_text(), (directory / "stderr.txt").read_text()
+    assert not outcome["hung"] and outcome["exitcode"] == -signal.SIGKILL, (outcome, stdout[-2000:], stderr[-4000:])
     assert "NOT KILLED" not in stdout
-    # nothing is left running: the child is reaped (no zombie, no process) and this process has no children
-    if Path("/proc/self/stat").exists():  # Linux
-        assert not Path(f"/proc/{proc.pid}").exists()
-        assert _children_of(os.getpid()) == []
+    if Path("/proc/self/stat").exists():  # Linux: the killed process was reaped, no zombie left
+        assert outcome["gone"]
 
     # last.ckpt is that of the last completed epoch, written after its WSC entry -- or, in flight, with the inputs
     # of its analysis in place of the entry

@@ -30,9 +30,11 @@ TINY_WSC = ["wsc.subset_size=64", "wsc.batch_size=64", "wsc.num_permutations=30"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny training run (multitask, 2 epochs); its run directory."""
+    """One tiny training run (multitask, 2 epochs); its run directory. Its figures are never looked at (the tests
+    analyse its checkpoint): not drawn."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    result = train(compose_train_config(run, [*TINY, "callbacks.wsc.num_permutations=30"]))
+    result = train(compose_train_config(run, [*TINY, "callbacks.wsc.num_permutations=30",
+                                              "callbacks.wsc.save_plots=false"]))
     return run, result["summary"]
 
 

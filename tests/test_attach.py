@@ -105,7 +105,7 @@ def test_a_plain_resnet_classifier_gets_per_epoch_wsc_from_attribute_paths_and_a
     callback = WeightSpaceCorrelation(
         head="model.fc", metadata=str(table), id_key="image_id", protocol="probe_refit",
         subset_size=160, num_permutations=40, num_bootstrap=50, k_min=10, dirpath=str(tmp_path / "wsc"),
-        class_names=["short", "intermediate", "normal"],
+        class_names=["short", "intermediate", "normal"], save_plots=False,
     )
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path, name="csv"),
                         callbacks=[callback], enable_progress_bar=False, enable_checkpointing=False,

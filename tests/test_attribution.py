@@ -30,7 +30,6 @@ from wsca_lightning.epoch_analysis import attribution_tasks
 from wsca_lightning.epoch_analysis.outputs import write_attributions
 from wsca_lightning.interface import HeadWeights
 from wsca_lightning.problems import ConfigError
-from wsca_lightning.wsc import AnalysisSettings
 from wsca_lightning.wsc.shared_direction import decision_rows, shared_direction
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

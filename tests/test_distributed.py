@@ -1,7 +1,8 @@
 """The WSC callback and the training app on 2 CPU processes (gloo, ``ddp_spawn``) against 1 process.
 
-Every distributed run happens in its own process tree (``tests/ddp_worker.py`` or ``wsca-train``) with a timeout; each
-test checks that the tree is gone afterwards.
+Every distributed run happens in its own process tree with a timeout (``wsca-train``, or a process forked from one
+launch of ``tests/ddp_worker.py``, which makes all of the worker's runs); each test checks that the tree is gone
+afterwards.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from conftest import TINY
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-ONE_EPOCH = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=1"]
+# the app's runs: one epoch, and no figures (about a second each; that only rank 0 writes files, figures included,
+# is checked on the worker's runs)
+ONE_EPOCH = [o for o in TINY if not o.startswith("trainer.max_epochs=")] + ["trainer.max_epochs=1",
+                                                                             "callbacks.wsc.save_plots=false"]
 WSCA_TRAIN = Path(sys.executable).with_name("wsca-train")
 TIMEOUT_S = 240
 
@@ -75,15 +79,45 @@ def written(out: Path, rank: int) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
+#: the worker's runs: directory name -> devices [and the failure injected]
+WORKER_RUNS = {"one": ["1"], "two": ["2"], "fail_embed": ["2", "embed:1"], "fail_analysis": ["2", "analysis"]}
+#: a worker's run: its directory, its outcome (result.json) and its output
+WorkerRun = tuple[Path, dict[str, Any], str]
+
+
 @pytest.fixture(scope="module")
-def one_and_two_processes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The worker's run on 1 and on 2 processes (the latter also checks the collective helpers before training)."""
+def worker_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WorkerRun]:
+    """The worker's runs on 1 and on 2 processes (the latter also checks the collective helpers before training), and
+    two 2-process runs with an injected failure: one launch of the worker, each run in a process forked from it
+    (one interpreter start and ``import lightning`` for the four). Per run: its directory, its outcome (exit code,
+    seconds, processes it left behind) and its output."""
     base = tmp_path_factory.mktemp("wsc_ddp")
-    single, double = base / "one", base / "two"
-    for out, devices in ((single, 1), (double, 2)):
-        code, output, _ = run_isolated([sys.executable, str(WORKER), str(out), str(devices)], base)
-        assert code == 0, output[-3000:]
-    return single, double
+    command = [sys.executable, str(WORKER), "--timeout", "180"]
+    for name, spec in WORKER_RUNS.items():
+        command += ["--run", str(base / name), *spec]
+    code, output, _ = run_isolated(command, base, timeout=290)
+    assert code == 0, output[-3000:]
+    return {name: (base / name, json.loads((base / name / "result.json").read_text()),
+                   (base / name / "output.txt").read_text()) for name in WORKER_RUNS}
+
+
+def worker_run(worker_runs: dict[str, WorkerRun], name: str) -> WorkerRun:
+    """One of the worker's runs; fails the test if it outlived its timeout or left any process behind (the worker
+    killed them)."""
+    out, result, output = worker_runs[name]
+    if result["timed_out"]:
+        pytest.fail(f"the {name} run still ran after 180 s (a hang); last output:\n{output[-3000:]}")
+    if result["left"]:
+        pytest.fail(f"the {name} run left processes behind:\n" + "\n".join(result["left"]))
+    return out, result, output
+
+
+@pytest.fixture(scope="module")
+def one_and_two_processes(worker_runs) -> tuple[Path, Path]:
+    for name in ("one", "two"):
+        _, result, output = worker_run(worker_runs, name)
+        assert result["exitcode"] == 0, output[-3000:]
+    return worker_runs["one"][0], worker_runs["two"][0]
 
 
 def test_callback_gives_the_same_wsc_on_two_processes_as_on_one_and_writes_files_once(one_and_two_processes):
@@ -112,14 +146,14 @@ def test_callback_gives_the_same_wsc_on_two_processes_as_on_one_and_writes_files
         ("analysis", "ValueError: injected failure in the analysis"),
     ],
 )
-def test_a_failure_on_one_rank_ends_the_job_with_that_error_instead_of_hanging(tmp_path, fail, error):
-    code, output, seconds = run_isolated([sys.executable, str(WORKER), str(tmp_path / "run"), "2", "--fail", fail],
-                                         tmp_path, timeout=180)
-    assert code != 0
+def test_a_failure_on_one_rank_ends_the_job_with_that_error_instead_of_hanging(worker_runs, fail, error):
+    (name,) = [name for name, spec in WORKER_RUNS.items() if spec[1:] == [fail]]
+    _, result, output = worker_run(worker_runs, name)  # the worker's 2-process run with this failure injected
+    assert result["exitcode"] != 0
     # whichever rank the launcher reports first, its error names the original one (RankFailure quotes it)
     assert error in output
     # the error reached the parent well before any collective timeout (30 min by default)
-    assert seconds < 180
+    assert result["seconds"] < 180
 
 
 def test_collective_helpers_raise_on_every_rank_and_gather_uneven_shards_in_order(one_and_two_processes):

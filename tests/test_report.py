@@ -31,6 +31,9 @@ TINY = [
     "callbacks.wsc.subset_size=96",
     "callbacks.wsc.num_permutations=20",
     "callbacks.wsc.num_bootstrap=50",
+    # the report reads the summaries and metrics and draws its own figures: the runs' heatmaps and fit-end plots
+    # (about a second each) are not read
+    "callbacks.wsc.save_plots=false",
     "trainer.enable_progress_bar=false",
 ]
 

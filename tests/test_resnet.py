@@ -339,7 +339,8 @@ def test_wsca_train_with_resnet18_writes_a_512_d_summary(tmp_path):
     run = tmp_path / "run"
     train(compose_train_config(run, [
         "model=resnet18", "data.num_train=64", "data.num_val=32", "data.image_size=[32,48]", "trainer.max_epochs=1",
-        "callbacks.wsc.subset_size=64", "callbacks.wsc.num_permutations=5", "trainer.enable_progress_bar=false"]))
+        "callbacks.wsc.subset_size=64", "callbacks.wsc.num_permutations=5", "callbacks.wsc.save_plots=false",
+        "trainer.enable_progress_bar=false"]))
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     assert summary["embedding_dim"] == 512
     assert summary["primary"] == "risk" and "scanner" in summary["tasks"]

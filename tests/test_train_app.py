@@ -101,7 +101,8 @@ def test_training_logs_wsc_every_epoch_writes_matrices_and_summary(tiny_config, 
 
 @pytest.mark.slow
 def test_sa_sononet_trains_on_eight_channel_builtin_data(tiny_config, tmp_path):
-    result = train(tiny_config("model=sa_sononet32", "trainer.max_epochs=1", "data.image_size=[32,48]"))
+    result = train(tiny_config("model=sa_sononet32", "trainer.max_epochs=1", "data.image_size=[32,48]",
+                               "callbacks.wsc.save_plots=false"))
     summary = result["summary"]
     # primary head = fixed pooling of the 3 adaptation maps (one per risk class), embedding = 3 x 2 x 3 maps
     assert summary["embedding_dim"] == 3 * 2 * 3
@@ -150,7 +151,7 @@ def test_multirun_gives_each_job_its_own_output_directory(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     code = run_console_script(monkeypatch, "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "data.num_train=64",
                               "data.num_val=32", *SMALL_RUN, "trainer.max_epochs=1", "callbacks.wsc.subset_size=60",
-                              "trainer.enable_progress_bar=false")
+                              "callbacks.wsc.save_plots=false", "trainer.enable_progress_bar=false")
     assert code == 0, capsys.readouterr().err[-3000:]
     summaries = sorted(sweep.glob("*/wsc/wsc_summary.json"))
     assert [p.parent.parent.name for p in summaries] == ["0", "1"]
