@@ -281,7 +281,7 @@ def test_the_evaluator_attributes_the_shared_direction_to_the_patch_and_writes_f
         assert result.indices == callback.evaluator.subset_indices(len(data))[:6]
         assert torch.allclose(region_fraction(result.attributions, patch_mask()), torch.ones(6, dtype=torch.float64))
         assert torch.equal(result.labels, data.site[result.indices])
-        # the control beside it, each image's own primary decision: class a's reads the patch alone
+        # beside it, each image's own primary decision: class a's reads the patch alone
         assert torch.equal(result.primary_labels, data.risk[result.indices])
         expected = attribute_decisions(model.wsc_embed, {"image": result.images}, result.images, result.primary_labels,
                                        decision_rows(model.primary.to(torch.float64)), method, steps=16)
@@ -339,7 +339,7 @@ def test_wsca_report_shows_each_runs_attribution_figures(tmp_path):
     assert page.count("data:image/png;base64,") == len(result.figures)
 
 
-def test_the_figure_shows_the_decision_control_under_the_shared_direction_and_refuses_mismatched_maps():
+def test_the_figure_shows_the_decision_map_under_the_shared_direction_and_refuses_mismatched_maps():
     from wsca_lightning.figures.attribution import attribution_figure
 
     rng = np.random.default_rng(0)

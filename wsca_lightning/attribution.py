@@ -3,10 +3,11 @@
 :func:`wsca_lightning.wsc.shared_direction.shared_direction` turns a significant WSC into one unit vector ``u`` of the
 embedding space: the combination of the primary head's classes most aligned with the metadata head. The scalar ``s(x)
 = u . z(x)`` is then a function of the image, and its gradient says which pixels
-move it. Beside it, :func:`attribute_decisions` attributes each image's own primary decision, the control: the
+move it. Beside it, :func:`attribute_decisions` attributes each image's own primary decision, for comparison: the
 shared direction is chosen for its overlap with the metadata, so it reads the metadata's pixels wherever the backbone
-encodes them, while the decision reads them only when the primary head uses them (measured in
-``experiments/marker_shortcut``). Two gradient methods, written here (no Captum):
+encodes them; the decision shows what the primary head's own decisions are sensitive to. Neither is a test of use:
+in ``experiments/marker_shortcut`` both find the hospital marker in models trained with and without the shortcut
+(more with it). Two gradient methods, written here (no Captum):
 
 * :func:`gradient_x_input`: ``(x - x0) * ds/dx(x)``, one backward pass per image;
 * :func:`integrated_gradients` (Sundararajan et al., ICML 2017): ``(x - x0) * mean_a ds/dx(x0 + a (x - x0))`` over
@@ -168,7 +169,7 @@ def shared_score(embed: Callable[[Any], Tensor], batch: Any, direction: Tensor,
 def attribute_decisions(embed: Callable[[Any], Tensor], batch: Any, inputs: Tensor, labels: Tensor, rows: Tensor,
                         method: str, *, steps: int = 32, batch_size: int = 64,
                         input_key: BatchKey | None = None) -> Tensor:
-    """Per-pixel attribution ``(N, H, W)`` of each image's own primary decision, the control for a shared direction:
+    """Per-pixel attribution ``(N, H, W)`` of each image's own primary decision, shown beside a shared direction:
     ``s_i(x) = r_{y_i} . embed(x)``, ``r`` the primary head's decision rows
     (:func:`~wsca_lightning.wsc.shared_direction.decision_rows`: a softmax head's centred rows; a sigmoid head's one
     row, negated for label 0) and ``y_i`` the image's primary label (``labels`` ``(N,)``; -1, missing, gives a zero
@@ -277,4 +278,4 @@ class TaskAttribution:
                 "decision_seconds": self.decision_seconds,
                 "maps": {"attributions": "the shared direction u . z(x) (the primary classes' contrast most aligned "
                                          "with the task)",
-                         "decision_attributions": "each image's own primary decision (the control)"}}
+                         "decision_attributions": "each image's own primary decision"}}

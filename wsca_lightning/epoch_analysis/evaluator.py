@@ -455,7 +455,7 @@ class EpochEvaluator:
         """Attribute each shared direction ``s(x) = u . z(x)`` to the pixels of the first ``settings.max_images``
         images of the analysis subset of ``dataset`` (:mod:`wsca_lightning.attribution`), with the module in eval
         mode and its parameters' gradients untouched (restored to its train/eval state afterwards); and, once for all
-        tasks, each of those images' own primary decision, the control
+        tasks, each of those images' own primary decision, for comparison
         (:func:`~wsca_lightning.attribution.attribute_decisions`).
 
         The batch's input entry (``input_key``) is replaced by the attributed images, so ``wsc_embed`` must compute

@@ -2,9 +2,9 @@
 
 Written per attributed task as ``wsc/attribution/<task>.png`` by the callback and ``wsca-analyze``, and shown by
 ``wsca-report``. Plain arrays in (no torch). Rows: the example images; their absolute attribution of the shared
-direction laid over them; and, when given, their absolute attribution of each image's own primary decision (the
-control: it reads the metadata's pixels only where the primary head uses them). The first column holds the mean
-image and the mean absolute attribution of each map over all attributed images.
+direction laid over them; and, when given, their absolute attribution of each image's own primary decision (what
+the primary head's decisions are sensitive to, for comparison). The first column holds the mean image and the mean
+absolute attribution of each map over all attributed images.
 """
 
 from __future__ import annotations
