@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +33,8 @@ from wsca_lightning.callbacks import WeightSpaceCorrelation
 from wsca_lightning.callbacks.distributed import gather_shards, own_shard, run_on_every_rank, run_on_rank_zero
 from wsca_lightning.data import SyntheticUltrasoundDataModule
 from wsca_lightning.models import MultiHeadModule
+
+from forked_runs import run_forked  # tests/, this script's directory
 
 
 def rank() -> int:
@@ -162,50 +161,6 @@ def run_with_output_in(out: Path, devices: int, fail: str | None) -> None:
     train_once(out, devices, fail)
 
 
-def others_in_group() -> list[str]:
-    """The live processes of this process group other than this one (zombies do not count), from /proc."""
-    left = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid = int(stat.parent.name)
-            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, ValueError):  # the process ended while we looked
-            continue
-        if fields[0] != "Z" and int(fields[2]) == os.getpgrp() and pid != os.getpid():
-            left.append(f"{pid} {command}")
-    return left
-
-
-def kill_others_in_group() -> None:
-    for line in others_in_group():
-        try:
-            os.kill(int(line.split()[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def run_forked(out: Path, devices: int, fail: str | None, timeout: float) -> dict[str, Any]:
-    """One run in a process forked from this one (multiprocessing's fork: an exception is printed and exits 1, as
-    from an interpreter of its own); its exit code, its seconds, and what of it outlived it."""
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    process = multiprocessing.get_context("fork").Process(target=run_with_output_in, args=(out, devices, fail))
-    process.start()
-    process.join(timeout)
-    timed_out = process.exitcode is None
-    if timed_out:
-        kill_others_in_group()
-        process.join()
-    seconds = time.monotonic() - start
-    deadline = time.monotonic() + 10  # helpers such as multiprocessing's resource tracker exit on their own
-    while others_in_group() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = others_in_group()
-    kill_others_in_group()
-    return {"exitcode": process.exitcode, "seconds": seconds, "timed_out": timed_out, "left": left}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", nargs="+", action="append", required=True, metavar="OUT DEVICES [FAIL]",
@@ -215,7 +170,8 @@ def main() -> None:
     if os.getpgrp() != os.getpid():  # a group of its own: what it kills and checks is only its runs' processes
         os.setpgid(0, 0)
     for out, devices, *fail in args.run:
-        result = run_forked(Path(out), int(devices), fail[0] if fail else None, args.timeout)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        result = run_forked(run_with_output_in, (Path(out), int(devices), fail[0] if fail else None), args.timeout)
         (Path(out) / "result.json").write_text(json.dumps(result))
         print(out, result, flush=True)
 

@@ -245,9 +245,9 @@ def test_update_rule_counts_only_interpretable_and_strictly_significant_epochs()
 # training split; lr=0.02 (AdamW) moves the freshly initialised risk and scanner heads far enough along the same
 # gradient that the scanner head's WSC beats all 20 permuted probes from epoch 1 on (measured: p = 2/21 at epoch 0,
 # 1/21 after; with the default lr=1e-3 both heads are still near their random init after 3 steps and p is ~0.3 for
-# several epochs, which would leave the checkpointed counter at 0). Small images, a small bootstrap, no plots and the analysis of
-# the watched task alone (the others' probes, which do not converge at this lr, took two thirds of an epoch; the
-# scanner's values are the same either way) keep an epoch around a second (one torch thread).
+# several epochs, which would leave the checkpointed counter at 0). Small images, a small bootstrap, no plots and
+# the analysis of the watched task alone (the others' probes, which do not converge at this lr, took two thirds of
+# an epoch; the scanner's values are the same either way) keep an epoch around a second (one torch thread).
 KILL_RESUME_OVERRIDES = [
     "data.shortcut_strength=1.0",
     "data.image_size=[32,48]",
@@ -263,16 +263,18 @@ KILL_RESUME_OVERRIDES = [
 
 # One launch for both kill scenarios: the script imports the app once, then trains each scenario in a process
 # forked from it (multiprocessing's fork), which kills itself with SIGKILL in the middle of an epoch; its output goes
-# to <dir>/stdout.txt and <dir>/stderr.txt, and the script prints, per scenario, how that process ended.
+# to <dir>/stdout.txt and <dir>/stderr.txt, and the script prints, per scenario, how that process ended
+# (tests/forked_runs.py).
 KILL_SCRIPT = textwrap.dedent(
     """
-    import json, multiprocessing, os, signal, sys, time
+    import json, os, signal, sys, time
     from pathlib import Path
 
     import lightning as L
 
     sys.path.insert(0, sys.argv[1])
     from conftest import TINY
+    from forked_runs import run_forked
     from wsca_lightning.callbacks import WeightSpaceCorrelation
     from wsca_lightning.cli.train import compose_train_config
     from wsca_lightning.cli.train import train
@@ -304,19 +306,9 @@ KILL_SCRIPT = textwrap.dedent(
         train(compose_train_config(run, [*TINY, *overrides]), extra_callbacks=[KillMidEpoch(kill_epoch)])
         print("NOT KILLED")
 
-    outcomes = {}
-    for name, (directory, kill_epoch, slow_epoch, overrides) in json.loads(sys.argv[2]).items():
-        process = multiprocessing.get_context("fork").Process(
-            target=train_until_killed, args=(directory, kill_epoch, slow_epoch, overrides))
-        process.start()
-        process.join(100)
-        hung = process.exitcode is None  # never killed itself
-        if hung:
-            process.kill()
-            process.join()
-        # reaped: no process and no zombie left of it
-        outcomes[name] = {"exitcode": process.exitcode, "hung": hung,
-                          "gone": not Path(f"/proc/{process.pid}").exists()}
+    # timed out: never killed itself (a hang)
+    outcomes = {name: run_forked(train_until_killed, tuple(scenario), timeout=100)
+                for name, scenario in json.loads(sys.argv[2]).items()}
     print(json.dumps(outcomes))
     """
 )
@@ -397,10 +389,11 @@ def test_sigkill_mid_epoch_then_resume_continues_history_and_alarm_counters(kill
     run = directory / "run"
     last, epochs, overrides = kill_scenario(in_flight)
     stdout, stderr = (directory / "stdout.txt").read_text(), (directory / "stderr.txt").read_text()
-    assert not outcome["hung"] and outcome["exitcode"] == -signal.SIGKILL, (outcome, stdout[-2000:], stderr[-4000:])
+    assert not outcome["timed_out"] and outcome["exitcode"] == -signal.SIGKILL, (outcome, stdout[-2000:],
+                                                                                  stderr[-4000:])
     assert "NOT KILLED" not in stdout
-    if Path("/proc/self/stat").exists():  # Linux: the killed process was reaped, no zombie left
-        assert outcome["gone"]
+    if Path("/proc/self/stat").exists():  # Linux: the killed process was reaped, no zombie, nothing of it left
+        assert outcome["reaped"] and outcome["left"] == [], outcome
 
     # last.ckpt is that of the last completed epoch, written after its WSC entry -- or, in flight, with the inputs
     # of its analysis in place of the entry

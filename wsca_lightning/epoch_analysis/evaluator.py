@@ -476,12 +476,14 @@ class EpochEvaluator:
         inputs = [torch.as_tensor(batch_entry(batch, self.input_key, "input")).detach().float() for batch in batches]
         try:
             start = time.perf_counter()
-            primary_labels = [torch.as_tensor(reader.wsc_targets(batch)[primary]).to(torch.int64) for batch in batches]
+            primary_batches = [torch.as_tensor(reader.wsc_targets(batch)[primary]).to(torch.int64) for batch in batches]
             decisions = torch.cat([
                 attribute_decisions(reader.wsc_embed, batch, x, y, rows, settings.method, steps=settings.steps,
                                     batch_size=settings.batch_size, input_key=self.input_key).cpu()
-                for batch, x, y in zip(batches, inputs, primary_labels)])
+                for batch, x, y in zip(batches, inputs, primary_batches)])
             decision_seconds = time.perf_counter() - start
+            images = torch.cat([x.cpu() for x in inputs])
+            primary_labels = torch.cat([y.cpu() for y in primary_batches])
             for name, direction in directions.items():
                 start = time.perf_counter()
                 maps = [attribute(shared_score(reader.wsc_embed, batch, direction.direction, self.input_key), x,
@@ -491,9 +493,8 @@ class EpochEvaluator:
                 out[name] = TaskAttribution(
                     task=name, method=settings.method,
                     steps=settings.steps if settings.method == "integrated_gradients" else None,
-                    indices=list(indices), images=torch.cat([x.cpu() for x in inputs]),
-                    attributions=torch.cat(maps), labels=torch.cat(labels), decision_attributions=decisions,
-                    primary_labels=torch.cat([y.cpu() for y in primary_labels]), strength=direction.strength,
+                    indices=list(indices), images=images, attributions=torch.cat(maps), labels=torch.cat(labels),
+                    decision_attributions=decisions, primary_labels=primary_labels, strength=direction.strength,
                     share=direction.share, seconds=time.perf_counter() - start, decision_seconds=decision_seconds)
         finally:
             module.train(was_training)
