@@ -245,7 +245,8 @@ def test_hospital_marker_masks_are_the_burnt_in_squares():
 def test_settings_are_off_by_default_and_every_problem_is_keyed():
     assert AttributionSettings.from_mapping(None) is None
     assert WeightSpaceCorrelation().attribution is None
-    assert AttributionSettings.from_mapping({"method": "integrated_gradients"}).steps == 32
+    assert AttributionSettings.from_mapping({}).method == "integrated_gradients"  # docs/method.md: measured
+    assert AttributionSettings.from_mapping({"method": "gradient_x_input"}).steps == 32
     with pytest.raises(ConfigError) as err:
         WeightSpaceCorrelation(attribution={"method": "saliency", "steps": 0, "colour": 1})
     keys = {p.key for p in err.value.problems}
@@ -307,16 +308,18 @@ def test_wsca_analyze_writes_the_attribution_figure_of_a_named_task(tmp_path):
     run = tmp_path / "run"
     train(compose_train_config(run, [*TINY, "trainer.max_epochs=1", "callbacks.wsc.num_permutations=0",
                                      "callbacks.wsc.attribution={tasks: [scanner], max_images: 4}"]))
-    # the callback's fit-end attribution of the named task
+    # the callback's fit-end attribution of the named task, by the default method
     assert (run / "wsc" / "attribution" / "scanner.png").read_bytes()[:8] == PNG_MAGIC
+    trained = json.loads((run / "wsc" / "attribution" / "scanner.json").read_text())
+    assert trained["method"] == "integrated_gradients" and trained["steps"] == 32
     tiny_data = [o for o in TINY if o.startswith("data.")]
     result = analyze(compose_train_config(tmp_path / "a", [
         *tiny_data, "wsc.subset_size=64", "wsc.num_permutations=0", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
-        "wsc.attribution.tasks=[scanner]", "wsc.attribution.max_images=4", "wsc.attribution.method=integrated_gradients",
-        "wsc.attribution.steps=4"], config_name="analyze"))
+        "wsc.attribution.tasks=[scanner]", "wsc.attribution.max_images=4", "wsc.attribution.method=gradient_x_input"],
+        config_name="analyze"))
     assert Path(result["paths"]["attribution/scanner"]).read_bytes()[:8] == PNG_MAGIC
     record = json.loads((tmp_path / "a" / "wsc" / "attribution" / "scanner.json").read_text())
-    assert record["method"] == "integrated_gradients" and record["n_images"] == 4
+    assert record["method"] == "gradient_x_input" and record["n_images"] == 4 and record["steps"] is None
 
 
 def test_wsca_report_shows_each_runs_attribution_figures(tmp_path):

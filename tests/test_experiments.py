@@ -227,6 +227,28 @@ def test_induced_bias_subsets_have_the_configured_cells_and_share_label_spaces(i
     assert set(biased.val_dataset.ids) <= set(full.val_dataset.ids)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_marker_shortcut_ties_each_risk_class_to_one_hospital_in_a_risk_only_backbone(tmp_path, seed):
+    """The experiment's design (experiments/marker_shortcut/README.md): 85 % of each risk class from "its" hospital,
+    in training and validation, drawable for every seed of the sweep; the probe protocol, so that only the risk task
+    shapes the backbone."""
+    cfg = compose_train_config(tmp_path, ["experiment=marker_shortcut", f"seed={seed}"])
+    assert cfg.model.head_mode == "probe_online"
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+
+    def cells(dataset) -> torch.Tensor:
+        counts = torch.zeros(3, 4, dtype=torch.int64)
+        for risk, hospital in zip(dataset.targets["risk"].tolist(), dataset.targets["hospital"].tolist()):
+            counts[risk, hospital] += 1
+        return counts
+
+    for dataset, major, minor in ((dm.train_dataset, 255, 15), (dm.val_dataset, 68, 4)):
+        expected = torch.full((3, 4), minor)
+        expected[torch.arange(3), torch.arange(3)] = major
+        assert torch.equal(cells(dataset), expected)
+
+
 def test_without_a_val_subset_every_mode_validates_on_the_same_unassociated_images():
     options = dict(num_train=600, num_val=60, image_size=(32, 48), metadata={"scanner": {"column": "scanner"}})
     balanced = SyntheticUltrasoundDataModule(**options, subset={"mode": "balanced", "by": "scanner", "per_cell": 40})

@@ -5,7 +5,7 @@ hospital, and the risk head's output is compared before and after.
     python experiments/marker_shortcut/reliance.py <sweep dir> [--measured <measure.py's out dir>]
 
 Per run (``<sweep dir>/<n>/`` with ``checkpoints/last.ckpt``): the images are the ones ``measure.py`` attributed
-(``<measured>/<n>/gradient_x_input/wsc/attribution/hospital.npz``'s ``indices`` in the run's training data, read
+(``<measured>/<n>/<method>/wsc/attribution/hospital.npz``'s ``indices`` in the run's training data, read
 without augmentation), so both measures see the same images. It prints, per run, the mean absolute change of the
 softmax probability of each image's true risk class and the share of predictions that change, and writes
 ``<measured>/marker_reliance.json``.
@@ -75,7 +75,8 @@ def main() -> None:
     for run_measure in sorted((p for p in measured.iterdir() if (p / "record.json").exists()),
                               key=lambda p: int(p.name) if p.name.isdigit() else p.name):
         record = json.loads((run_measure / "record.json").read_text())
-        maps = np.load(run_measure / "gradient_x_input" / "wsc" / "attribution" / "hospital.npz")
+        method = next(iter(record["methods"]))  # every method attributed the same images
+        maps = np.load(run_measure / method / "wsc" / "attribution" / "hospital.npz")
         result = {"run": record["run"], "mode": record["mode"], "seed": record["seed"],
                   **reliance(args.sweep / record["run"], maps["indices"].tolist())}
         records.append(result)

@@ -194,7 +194,7 @@ class WeightSpaceCorrelation(Callback):
             |WSC| at those projection sizes (``k_sweep`` in the summary, the paper's Fig. 4); ``decision`` forms the
             verdict's p (``calibrated``, the default, or the old ``permutation``).
         alarm: ``{"tasks": [...], "action": "warn"|"stop", "alpha": 0.05, "patience": 3}`` (:class:`AlarmSettings`).
-        attribution: ``None`` (off, the default) or ``{"method": "gradient_x_input"|"integrated_gradients",
+        attribution: ``None`` (off, the default) or ``{"method": "integrated_gradients"|"gradient_x_input",
             "steps": 32, "max_images": 64, "examples": 4, "tasks": None, "batch_size": 64}``
             (:class:`~wsca_lightning.attribution.AttributionSettings`): at fit end, which pixels carry the direction
             the primary head shares with each significant task (``tasks``: these instead, whatever their verdict;

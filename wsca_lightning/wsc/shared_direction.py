@@ -22,15 +22,16 @@ basis):
 
 Why not ``V[:, 0]``, the shared part itself: it lies inside the metadata head's span by construction, so its
 attribution finds the metadata's own pixels whatever the primary head does. Measured on the built-in data (the
-``marker_shortcut`` experiment): for a model trained *without* the hospital shortcut (hospital n.s., share 0.12),
-that direction still put 22x the marker's area share of its gradient x input attribution on the hospital marker.
-It is kept as :attr:`SharedDirection.shared_part` for inspection.
+``marker_shortcut`` experiment): for a multitask model trained *without* the hospital shortcut (hospital n.s.,
+share 0.12), that direction still put 22x the marker's area share of its gradient x input attribution on the
+hospital marker. It is kept as :attr:`SharedDirection.shared_part` for inspection.
 
 Even the contrast ``u`` is *chosen* for its overlap with the metadata span, so in a model whose backbone encodes the
 metadata strongly it reads the metadata's pixels also when the primary head does not use them: measured in
-``experiments/marker_shortcut``, where ``share`` (0.43-0.70 with the hospital shortcut, 0.05-0.12 without) separates
-the two conditions and the attribution's concentration on the marker does not. The attribution explains a
-significant verdict; it is no test of its own.
+``experiments/marker_shortcut``'s multitask models, where ``share`` (0.43-0.70 with the hospital shortcut, 0.05-0.12
+without) separates the two conditions and the attribution's concentration on the marker does not. In risk-only
+backbones, which encode the marker only when the risk task rewarded it, the concentration separates them too. The
+attribution explains a significant verdict; it is no test of its own.
 
 Signs are fixed so that the class with the largest weight in ``c`` (the first of equal ones) has a positive one (the
 sign does not change absolute attributions).
