@@ -277,7 +277,9 @@ def test_the_evaluator_attributes_the_shared_direction_to_the_patch_and_writes_f
                           atol=1e-6)
     for method in ("gradient_x_input", "integrated_gradients"):
         settings = AttributionSettings(method=method, max_images=6, examples=2, tasks=("site",), steps=16)
-        result = callback.evaluator.attribute(model, data, directions, settings)["site"]
+        # wsca-analyze's progress bar (silent here: not a terminal) changes nothing
+        result = callback.evaluator.attribute(model, data, directions, settings,
+                                              progress=method == "integrated_gradients")["site"]
         assert result.attributions.shape == (6, H, W) and result.images.shape == (6, 1, H, W)
         assert result.indices == callback.evaluator.subset_indices(len(data))[:6]
         assert torch.allclose(region_fraction(result.attributions, patch_mask()), torch.ones(6, dtype=torch.float64))

@@ -85,7 +85,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         primary = module.wsc_primary_task
         directions = evaluator.shared_directions(analysis, module.wsc_head_weights()[primary].weight,
                                                  attribution_tasks(entry, settings, callback.alarm.alpha))
-        results = evaluator.attribute(module, dataset, directions, settings)
+        results = evaluator.attribute(module, dataset, directions, settings, progress=True)
         figures = write_attributions(results, callback.dirpath or "wsc", primary, examples=settings.examples,
                                      context={"checkpoint": str(cfg.checkpoint), "split": cfg.split,
                                               "classes": {t: list(entry["tasks"][t]["cols"]) for t in results}},

@@ -451,6 +451,7 @@ class EpochEvaluator:
         *,
         collate_fn: Any = None,
         to_device: Callable[[Any], Any] | None = None,
+        progress: bool = False,
     ) -> dict[str, TaskAttribution]:
         """Attribute each shared direction ``s(x) = u . z(x)`` to the pixels of the first ``settings.max_images``
         images of the analysis subset of ``dataset`` (:mod:`wsca_lightning.attribution`), with the module in eval
@@ -459,7 +460,9 @@ class EpochEvaluator:
         (:func:`~wsca_lightning.attribution.attribute_decisions`).
 
         The batch's input entry (``input_key``) is replaced by the attributed images, so ``wsc_embed`` must compute
-        the embedding from that entry (the built-in module and modules read by attribute paths do)."""
+        the embedding from that entry (the built-in module and modules read by attribute paths do). ``progress``: a
+        progress bar over the attributed batches (on a terminal): integrated gradients takes ``steps`` backward
+        passes per image and map."""
         out: dict[str, TaskAttribution] = {}
         if not directions:
             return out
@@ -474,21 +477,36 @@ class EpochEvaluator:
         primary = reader.wsc_primary_task
         rows = decision_rows(reader.wsc_head_weights()[primary].weight.detach().to(torch.float64))
         inputs = [torch.as_tensor(batch_entry(batch, self.input_key, "input")).detach().float() for batch in batches]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = f", {settings.steps} steps" if settings.method == "integrated_gradients" else ""
+            bar = tqdm(total=len(batches) * (1 + len(directions)), unit="batch", disable=None,
+                       desc=f"attributing ({settings.method}{steps}): decisions, {', '.join(directions)}")
+
+        def advance(result: Tensor) -> Tensor:
+            if bar is not None:
+                bar.update()
+            return result
+
         try:
             start = time.perf_counter()
             primary_batches = [torch.as_tensor(reader.wsc_targets(batch)[primary]).to(torch.int64) for batch in batches]
             decisions = torch.cat([
-                attribute_decisions(reader.wsc_embed, batch, x, y, rows, settings.method, steps=settings.steps,
-                                    batch_size=settings.batch_size, input_key=self.input_key).cpu()
+                advance(attribute_decisions(reader.wsc_embed, batch, x, y, rows, settings.method, steps=settings.steps,
+                                            batch_size=settings.batch_size, input_key=self.input_key).cpu())
                 for batch, x, y in zip(batches, inputs, primary_batches)])
             decision_seconds = time.perf_counter() - start
             images = torch.cat([x.cpu() for x in inputs])
             primary_labels = torch.cat([y.cpu() for y in primary_batches])
             for name, direction in directions.items():
                 start = time.perf_counter()
-                maps = [attribute(shared_score(reader.wsc_embed, batch, direction.direction, self.input_key), x,
-                                  settings.method, steps=settings.steps, batch_size=settings.batch_size).cpu()
-                        for batch, x in zip(batches, inputs)]
+                scores = [shared_score(reader.wsc_embed, batch, direction.direction, self.input_key)
+                          for batch in batches]
+                maps = [advance(attribute(score, x, settings.method, steps=settings.steps,
+                                          batch_size=settings.batch_size).cpu())
+                        for score, x in zip(scores, inputs)]
                 labels = [torch.as_tensor(reader.wsc_targets(batch)[name]).to(torch.int64).cpu() for batch in batches]
                 out[name] = TaskAttribution(
                     task=name, method=settings.method,
@@ -498,4 +516,6 @@ class EpochEvaluator:
                     share=direction.share, seconds=time.perf_counter() - start, decision_seconds=decision_seconds)
         finally:
             module.train(was_training)
+            if bar is not None:
+                bar.close()
         return out
