@@ -193,10 +193,11 @@ def attribute_decisions(embed: Callable[[Any], Tensor], batch: Any, inputs: Tens
 class AttributionSettings:
     """The ``attribution`` option: which pixels carry the primary head's shared direction with a metadata task.
 
-    ``method``: ``integrated_gradients`` (the default: in ``experiments/marker_shortcut`` it puts 13-27 times the
-    burnt-in marker's area share of the shared direction's attribution on the marker in every model trained with the
-    hospital shortcut, against 4.6-7.5 times for gradient x input, and under 1 times in every model trained without
-    it) or ``gradient_x_input`` (about 1/30 of the cost: one backward pass per image); ``steps``: integrated
+    ``method``: ``integrated_gradients`` (the default: in the risk-only backbones of ``experiments/marker_shortcut``
+    it puts 13-27 times the burnt-in marker's area share of the shared direction's attribution on the marker in
+    every model trained with the hospital shortcut, against 4.6-7.5 times for gradient x input, and less than the
+    area share in every model trained without it) or ``gradient_x_input`` (about 1/30 of the cost: one backward pass
+    per image); ``steps``: integrated
     gradients' path points; ``max_images``: the first images of the analysis subset attributed; ``examples``: of which
     this many are drawn with overlays; ``tasks``: null = every task whose verdict is significant, or these tasks
     whatever their verdict; ``batch_size``: images (or path points) per backward pass."""
