@@ -21,6 +21,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,11 +36,24 @@ from wsca_lightning.summary import verdict
 TASK = "hospital"
 
 
+def analyze_run(run: Path, target: Path, overrides: list[str]) -> dict:
+    """``wsca-analyze`` (in this process) on the run's last checkpoint with the run's own data config and seed, so
+    that the analysis subset is the training callback's; ``overrides`` of the ``analyze`` config; output under
+    ``target``."""
+    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    data = run_cfg.data
+    data.seed = int(run_cfg.seed)  # the run's ${seed}, resolved here (the data node alone has no root)
+    cfg = compose_train_config(target, [f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", f"seed={int(run_cfg.seed)}",
+                                        *overrides], config_name="analyze")
+    with open_dict(cfg):
+        cfg.data = data
+    return analyze(cfg)
+
+
 def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images: int) -> dict:
     """One run's verdict (from training) and, per method, its marker fraction and timing."""
     run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     data = run_cfg.data
-    data.seed = int(run_cfg.seed)  # the run's ${seed}, resolved here (the data node alone has no root)
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     task = summary["tasks"][TASK]
     record = {"run": run.name, "mode": run_cfg.data.subset.mode, "seed": int(run_cfg.seed),
@@ -47,14 +61,11 @@ def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images
               "max_abs": task["max_abs"], "methods": {}}
     for method in methods:
         target = out / run.name / method
-        cfg = compose_train_config(target, [
-            f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", f"seed={int(run_cfg.seed)}", "wsc.protocol=heads",
-            "wsc.num_permutations=0", f"wsc.attribution.tasks=[{TASK}]", f"wsc.attribution.method={method}",
-            f"wsc.attribution.steps={steps}", f"wsc.attribution.max_images={max_images}"], config_name="analyze")
-        with open_dict(cfg):
-            cfg.data = data
         start = time.perf_counter()
-        analyze(cfg)
+        analyze_run(run, target, [
+            "wsc.protocol=heads", "wsc.num_permutations=0", f"wsc.attribution.tasks=[{TASK}]",
+            f"wsc.attribution.method={method}", f"wsc.attribution.steps={steps}",
+            f"wsc.attribution.max_images={max_images}"])
         wall = time.perf_counter() - start
         maps = np.load(target / "wsc" / "attribution" / f"{TASK}.npz")
         info = json.loads((target / "wsc" / "attribution" / f"{TASK}.json").read_text())
@@ -75,6 +86,21 @@ def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images
     return record
 
 
+def per_run_records(sweep: Path, out: Path, record_name: str, measure: Callable[[Path], dict]) -> list[dict]:
+    """``measure(run)`` for every finished run of the sweep (``wsc/wsc_over_epochs.png`` written), in run order; each
+    record is kept in ``<out>/<run>/<record_name>``, so a rerun measures only the runs not yet measured."""
+    runs = sorted((p for p in sweep.iterdir() if (p / "wsc" / "wsc_over_epochs.png").exists()),
+                  key=lambda p: int(p.name) if p.name.isdigit() else p.name)
+    records = []
+    for run in runs:
+        kept = out / run.name / record_name
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps(measure(run), indent=2))
+        records.append(json.loads(kept.read_text()))
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path)
@@ -84,15 +110,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=64)
     args = parser.parse_args()
     out = args.out or args.sweep / "marker_measure"
-    runs = sorted((p for p in args.sweep.iterdir() if (p / "wsc" / "wsc_over_epochs.png").exists()),
-                  key=lambda p: int(p.name) if p.name.isdigit() else p.name)
-    records = []
-    for run in runs:
-        kept = out / run.name / "record.json"
-        if not kept.exists():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(json.dumps(measure_run(run, out, args.methods, args.steps, args.max_images), indent=2))
-        records.append(json.loads(kept.read_text()))
+    records = per_run_records(args.sweep, out, "record.json",
+                              lambda run: measure_run(run, out, args.methods, args.steps, args.max_images))
     out.mkdir(parents=True, exist_ok=True)
     (out / "marker_fraction.json").write_text(json.dumps(records, indent=2))
     print("concentration = mean fraction of |attribution| on the image's own marker / the marker's area share")
