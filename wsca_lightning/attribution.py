@@ -243,8 +243,8 @@ class AttributionSettings:
         if self.method not in ATTRIBUTION_METHODS:
             out.append(Problem(f"{key}.method", f"must be one of {', '.join(ATTRIBUTION_METHODS)}, got "
                                                 f"{self.method!r}"))
-        out += integer_problems([(f"{key}.{name}", getattr(self, name), low)
-                                 for name, low in (("steps", 1), ("max_images", 1), ("examples", 0), ("batch_size", 1))])
+        lower_bounds = (("steps", 1), ("max_images", 1), ("examples", 0), ("batch_size", 1))
+        out += integer_problems([(f"{key}.{name}", getattr(self, name), low) for name, low in lower_bounds])
         return out
 
     def to_dict(self) -> dict[str, Any]:

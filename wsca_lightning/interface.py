@@ -12,8 +12,9 @@ A module works with :class:`~wsca_lightning.callbacks.WeightSpaceCorrelation` wh
 
 Optionally ``wsc_protocol: str`` names how the heads came to exist (``multitask``, ``probe_online``...); it is copied
 into ``wsc_summary.json``; and ``wsc_task_classes() -> Mapping[str, Sequence[str]]`` names the classes of metadata
-tasks that have labels in ``wsc_targets`` but no head (analysed with ``protocol="probe_refit"``). :class:`~wsca_lightning.models.MultiHeadModule` implements all of it; a module of your own
-needs only these four members. A module without them is read by attribute paths instead
+tasks that have labels in ``wsc_targets`` but no head (analysed with ``protocol="probe_refit"``).
+:class:`~wsca_lightning.models.MultiHeadModule` implements all of it; a module of your own needs only these four
+members. A module without them is read by attribute paths instead
 (:class:`wsca_lightning.attach.AttributeView`, the callback's ``head=...``).
 """
 

@@ -2,8 +2,9 @@
 
 Lightning's strategy offers ``broadcast`` and an ``all_gather`` of equally shaped tensors. What the callback needs
 beyond that lives here: sharding in whole embedding batches, gathering shards of unequal length, and making an
-exception on one process an exception on all of them. Without the latter, one rank that fails inside the callback leaves the others waiting
-in the next collective (the gradient all-reduce) until the process group times out, by default after 30 minutes.
+exception on one process an exception on all of them. Without the latter, one rank that fails inside the callback
+leaves the others waiting in the next collective (the gradient all-reduce) until the process group times out, by
+default after 30 minutes.
 
 With one process every function here reduces to the plain local call.
 """

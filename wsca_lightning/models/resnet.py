@@ -138,10 +138,10 @@ def load_resnet_weights(model: ResNetBackbone, state_dict_or_path: WeightSource)
     ``num_batches_tracked`` may be absent; the model then keeps its own) and every file key must be in the model,
     with equal shapes.
 
-    First conv (:data:`FIRST_CONV`): when the file's ``conv1.weight`` has 3 (RGB) input channels and the model's does not, the file's
-    filters are summed over RGB into one filter ``w.sum(dim=1)``, which gives a grayscale image the activation
-    the pretrained network gives that image replicated to RGB. A 1-channel model gets the summed filter; a wider
-    model (e.g. 8 channels: image + segmentation maps + spacing planes) gets it in input channel 0, the image, and
+    First conv (:data:`FIRST_CONV`): when the file's ``conv1.weight`` has 3 (RGB) input channels and the model's does
+    not, the file's filters are summed over RGB into one filter ``w.sum(dim=1)``, which gives a grayscale image the
+    activation the pretrained network gives that image replicated to RGB. A 1-channel model gets the summed filter; a
+    wider model (e.g. 8 channels: image + segmentation maps + spacing planes) gets it in input channel 0, the image, and
     zeros in the other channels, so at the start its output equals the pretrained network's on the image alone and
     training learns to use the extra channels. (Every other shape difference is an error.)
 

@@ -249,10 +249,10 @@ def load_sononet_weights(
     keys; ``False`` ignores the file's ``adaption.*`` keys and leaves the model's head (if any) untouched, which is
     how to start a K=1 head from a K=14 file.
 
-    First-conv widening (:data:`FIRST_CONV`): when the file's first conv ``features.0.0.0.weight`` has 1 input
-    channel and the model's has more (SA-SonoNet's 8), the pretrained filters are copied into input channel 0, the
-    grayscale image, and the other input channels keep their initialisation. We do not rescale or replicate the filters into the extra
-    channels: channel 0 then responds to the image exactly as the pretrained network did, and the segmentation /
+    First-conv widening (:data:`FIRST_CONV`): when the file's first conv ``features.0.0.0.weight`` has 1 input channel
+    and the model's has more (SA-SonoNet's 8), the pretrained filters are copied into input channel 0, the grayscale
+    image, and the other input channels keep their initialisation. We do not rescale or replicate the filters into the
+    extra channels: channel 0 then responds to the image exactly as the pretrained network did, and the segmentation /
     spacing channels start as freshly initialised inputs that training learns to use.
 
     Raises ``ValueError`` (naming the keys, at most 10 of each kind, with counts) for missing or unexpected keys and

@@ -39,7 +39,8 @@ def read_state_dict(source: Mapping[str, Any] | str | os.PathLike) -> tuple[dict
         except FileNotFoundError:
             raise
         except Exception as error:  # unpickling errors come in several types depending on the content
-            raise ValueError(f"{where} is not a readable PyTorch state dict: {type(error).__name__}: {error}") from error
+            raise ValueError(
+                f"{where} is not a readable PyTorch state dict: {type(error).__name__}: {error}") from error
     else:
         where = "the given state dict"
         loaded = source

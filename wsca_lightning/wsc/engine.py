@@ -712,8 +712,8 @@ class _Resampler:
             counts = torch.zeros(self.num, self.fit_idx.numel(), dtype=torch.float64, device=self.coords.device)
             counts.scatter_add_(1, picked.clamp_min(0), (picked >= 0).to(torch.float64))
             try:
-                fit = fit_linear_probes(self.fit_features, y_fit.expand(self.num, -1), num_classes, sample_weight=counts,
-                                        **probe_kwargs)
+                fit = fit_linear_probes(self.fit_features, y_fit.expand(self.num, -1), num_classes,
+                                        sample_weight=counts, **probe_kwargs)
             except ValueError:  # a resample lost a whole class: no interval
                 return torch.full((self.num,), math.nan, dtype=torch.float64)
             # the probe lives in the analysis's k axes: carry it into the full eigenbasis

@@ -3,12 +3,12 @@
 Random directions in R^k have cosines of sd ~ 1/sqrt(k), far wider than the paper's reference histogram, so a raw
 max |cos| needs a null computed for *this* model and *this* projection. Three references live here:
 
-- :func:`permutation_null`: the metadata probe refitted on permuted metadata labels (same embeddings, same
-  projection, same class counts), the probes of many permutations in each batched ``fit_linear_probes`` call. With ``strata`` (the
-  primary labels) the labels are permuted within each primary class, which keeps the metadata-label association
-  and breaks the rest. Permuted-label probes point into the embedding's low-variance noise directions, while the
-  probe or head of an *encoded* variable follows its high-variance directions, where a primary head also lies: on
-  its own this null is anti-conservative for encoded but unused metadata (measured: ``benchmarks/calibration.py``).
+- :func:`permutation_null`: the metadata probe refitted on permuted metadata labels (same embeddings, same projection,
+  same class counts), the probes of many permutations in each batched ``fit_linear_probes`` call. With ``strata`` (the
+  primary labels) the labels are permuted within each primary class, which keeps the metadata-label association and
+  breaks the rest. Permuted-label probes point into the embedding's low-variance noise directions, while the probe or
+  head of an *encoded* variable follows its high-variance directions, where a primary head also lies: on its own this
+  null is anti-conservative for encoded but unused metadata (measured: ``benchmarks/calibration.py``).
 - :func:`covariance_null`: random directions drawn with the embedding's own covariance (``N(0, diag(lambda))`` in
   the PCA basis). They live in the same high-variance directions as any encoded variable, so they answer "how
   aligned with the primary head is a direction that the data make likely, but that has nothing to do with it?".
@@ -180,7 +180,8 @@ def permutation_null(
         block = permuted[drawn:drawn + size]
         if not fits:  # the real labels ride with the first batch
             block = torch.cat([labels.detach().to(torch.int64).cpu().unsqueeze(0), block])
-        fit = fit_linear_probes(features, block.to(features.device), num_classes, **probe_kwargs)  # type: ignore[arg-type]
+        fit = fit_linear_probes(features, block.to(features.device), num_classes,
+                                **probe_kwargs)  # type: ignore[arg-type]
         fits.append(fit)
         stats.append(_max_abs_cos(primary, fit.weight))
         drawn += size
