@@ -290,7 +290,7 @@ def test_column_spec_from_mapping() -> None:
         HeadConfig.from_mapping("metadata.site", {"colum": "x", "type": "categorical", "bins": 3,
                                                   "binning": "quantile"})
     lines = str(info.value).splitlines()
-    assert "metadata.site.colum: unknown field; valid fields: column, type, bins, binning, classes" in lines
+    assert "metadata.site.colum: unknown key; valid keys: column, type, bins, binning, classes" in lines
     assert "metadata.site: a head needs a 'column'" in lines
     assert "metadata.site.bins: only continuous heads are binned; remove it from this categorical head" in lines
     assert "metadata.site.binning: only continuous heads are binned; remove it from this categorical head" in lines

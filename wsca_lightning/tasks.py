@@ -168,9 +168,7 @@ def check_head(
     shown = (*valid, "name") if generated and is_target else valid
     if not isinstance(value, Mapping):
         return [Problem(key, f"must be a mapping with keys {', '.join(shown)}, got {value!r}")], None
-    # generated data call them keys, tables fields (each as its own error messages have always said)
-    word = "key" if generated else "field"
-    problems = [Problem(f"{key}.{k}", f"unknown {word}; valid {word}s: {', '.join(shown)}")
+    problems = [Problem(f"{key}.{k}", f"unknown key; valid keys: {', '.join(shown)}")
                 for k in value if k not in shown and not (is_target and k == "name")]
     if generated:
         assert columns is not None
