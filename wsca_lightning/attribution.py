@@ -197,10 +197,10 @@ class AttributionSettings:
     it puts 13-27 times the burnt-in marker's area share of the shared direction's attribution on the marker in
     every model trained with the hospital shortcut, against 4.6-7.5 times for gradient x input, and less than the
     area share in every model trained without it) or ``gradient_x_input`` (about 1/30 of the cost: one backward pass
-    per image); ``steps``: integrated
-    gradients' path points; ``max_images``: the first images of the analysis subset attributed; ``examples``: of which
-    this many are drawn with overlays; ``tasks``: null = every task whose verdict is significant, or these tasks
-    whatever their verdict; ``batch_size``: images (or path points) per backward pass."""
+    per image); ``steps``: integrated gradients' path points; ``max_images``: the first images of the analysis subset
+    attributed; ``examples``: of which this many are drawn with overlays; ``tasks``: null = every task whose verdict
+    is significant, or these tasks whatever their verdict; ``batch_size``: images (or path points) per backward
+    pass."""
 
     method: str = "integrated_gradients"
     steps: int = 32

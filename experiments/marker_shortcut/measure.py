@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsca_lightning.attribution import region_fraction, region_share
 from wsca_lightning.cli.analyze import analyze
@@ -36,23 +36,34 @@ from wsca_lightning.summary import verdict
 TASK = "hospital"
 
 
+def run_config(run: Path) -> DictConfig:
+    """The run's composed config, its ``data.seed`` resolved to the run's seed (the data node alone has no root to
+    resolve ``${seed}`` against)."""
+    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    run_cfg.data.seed = int(run_cfg.seed)
+    return run_cfg
+
+
+def run_order(path: Path) -> int | str:
+    """Sort key of a sweep's run directories: ``2`` before ``10``."""
+    return int(path.name) if path.name.isdigit() else path.name
+
+
 def analyze_run(run: Path, target: Path, overrides: list[str]) -> dict:
     """``wsca-analyze`` (in this process) on the run's last checkpoint with the run's own data config and seed, so
     that the analysis subset is the training callback's; ``overrides`` of the ``analyze`` config; output under
     ``target``."""
-    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    data = run_cfg.data
-    data.seed = int(run_cfg.seed)  # the run's ${seed}, resolved here (the data node alone has no root)
+    run_cfg = run_config(run)
     cfg = compose_train_config(target, [f"checkpoint={run / 'checkpoints' / 'last.ckpt'}", f"seed={int(run_cfg.seed)}",
                                         *overrides], config_name="analyze")
     with open_dict(cfg):
-        cfg.data = data
+        cfg.data = run_cfg.data
     return analyze(cfg)
 
 
 def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images: int) -> dict:
     """One run's verdict (from training) and, per method, its marker fraction and timing."""
-    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    run_cfg = run_config(run)
     data = run_cfg.data
     summary = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     task = summary["tasks"][TASK]
@@ -89,8 +100,7 @@ def measure_run(run: Path, out: Path, methods: list[str], steps: int, max_images
 def per_run_records(sweep: Path, out: Path, record_name: str, measure: Callable[[Path], dict]) -> list[dict]:
     """``measure(run)`` for every finished run of the sweep (``wsc/wsc_over_epochs.png`` written), in run order; each
     record is kept in ``<out>/<run>/<record_name>``, so a rerun measures only the runs not yet measured."""
-    runs = sorted((p for p in sweep.iterdir() if (p / "wsc" / "wsc_over_epochs.png").exists()),
-                  key=lambda p: int(p.name) if p.name.isdigit() else p.name)
+    runs = sorted((p for p in sweep.iterdir() if (p / "wsc" / "wsc_over_epochs.png").exists()), key=run_order)
     records = []
     for run in runs:
         kept = out / run.name / record_name

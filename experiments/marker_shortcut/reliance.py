@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from measure import run_config, run_order  # this script's directory
 from wsca_lightning.data.scanner import hospital_marker_masks
 from wsca_lightning.epoch_analysis.evaluator import analysis_view
 from wsca_lightning.posthoc import load_checkpoint_module
@@ -36,9 +36,7 @@ def swap_regions(images: Tensor, first: Tensor, second: Tensor) -> Tensor:
 
 
 def reliance(run: Path, indices: list[int]) -> dict:
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    data = cfg.data
-    data.seed = int(cfg.seed)  # the run's ${seed}, resolved here (the data node alone has no root)
+    data = run_config(run).data
     datamodule = instantiate(data, _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -72,8 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     measured = args.measured or args.sweep / "marker_measure"
     records = []
-    for run_measure in sorted((p for p in measured.iterdir() if (p / "record.json").exists()),
-                              key=lambda p: int(p.name) if p.name.isdigit() else p.name):
+    for run_measure in sorted((p for p in measured.iterdir() if (p / "record.json").exists()), key=run_order):
         record = json.loads((run_measure / "record.json").read_text())
         method = next(iter(record["methods"]))  # every method attributed the same images
         maps = np.load(run_measure / method / "wsc" / "attribution" / "hospital.npz")

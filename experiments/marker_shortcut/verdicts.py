@@ -17,9 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from measure import TASK, analyze_run, per_run_records
+from measure import TASK, analyze_run, per_run_records, run_config
 from wsca_lightning.summary import verdict
 
 
@@ -32,7 +30,7 @@ def reading(summary: dict) -> dict:
 def read_run(run: Path, out: Path) -> dict:
     trained = json.loads((run / "wsc" / "wsc_summary.json").read_text())
     refit = analyze_run(run, out / run.name / "probe_refit", ["wsc.attribution=null"])["summary"]
-    run_cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    run_cfg = run_config(run)
     return {"run": run.name, "mode": run_cfg.data.subset.mode, "seed": int(run_cfg.seed),
             "callback": reading(trained), "probe_refit": reading(refit)}
 

@@ -492,7 +492,8 @@ class EpochEvaluator:
 
         try:
             start = time.perf_counter()
-            primary_batches = [torch.as_tensor(reader.wsc_targets(batch)[primary]).to(torch.int64) for batch in batches]
+            targets = [reader.wsc_targets(batch) for batch in batches]  # once per batch, for the primary and every task
+            primary_batches = [torch.as_tensor(t[primary]).to(torch.int64) for t in targets]
             decisions = torch.cat([
                 advance(attribute_decisions(reader.wsc_embed, batch, x, y, rows, settings.method, steps=settings.steps,
                                             batch_size=settings.batch_size, input_key=self.input_key).cpu())
@@ -507,7 +508,7 @@ class EpochEvaluator:
                 maps = [advance(attribute(score, x, settings.method, steps=settings.steps,
                                           batch_size=settings.batch_size).cpu())
                         for score, x in zip(scores, inputs)]
-                labels = [torch.as_tensor(reader.wsc_targets(batch)[name]).to(torch.int64).cpu() for batch in batches]
+                labels = [torch.as_tensor(t[name]).to(torch.int64).cpu() for t in targets]
                 out[name] = TaskAttribution(
                     task=name, method=settings.method,
                     steps=settings.steps if settings.method == "integrated_gradients" else None,
